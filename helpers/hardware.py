@@ -1,0 +1,142 @@
+"""Hardware facts: which device is there, what it can do, and the environment a number came from.
+
+Capability checks return a :class:`Capability` (``ok`` plus a human reason) so a lab can
+print *why* a GPU-only cell was skipped instead of failing on a CPU-only machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import NamedTuple
+
+import torch
+
+# Thresholds the labs rely on (compute capability = (major, minor)).
+FP16_TENSOR_CORES_FROM = (7, 0)   # Volta
+BF16_FROM = (8, 0)                # Ampere
+MAX_AUTOTUNE_MIN_SMS = 68         # torch.compile's max-autotune GEMM search is skipped below this
+
+
+class Capability(NamedTuple):
+    """Whether a feature is usable here, and a sentence saying why (shown when skipping)."""
+
+    ok: bool
+    reason: str
+
+
+def in_colab() -> bool:
+    """True inside a Google Colab runtime."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def best_device() -> str:
+    """``"cuda"`` if an NVIDIA/AMD GPU is usable, else ``"mps"`` (Apple), else ``"cpu"``."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def device_name(device: str | torch.device | None = None) -> str:
+    """A readable name for ``device`` (GPU model, or the CPU's processor string)."""
+    dev = torch.device(device or best_device())
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "mps":
+        return "Apple GPU (MPS)"
+    return _cpu_name()
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def compute_capability(device: int | str | torch.device | None = None) -> tuple[int, int] | None:
+    """The CUDA compute capability, or ``None`` when there is no CUDA GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
+
+
+def _needs(cap: tuple[int, int], what: str) -> Capability:
+    have = compute_capability()
+    need = f"{cap[0]}.{cap[1]}"
+    if have is None:
+        return Capability(False, f"no CUDA GPU here: {what} needs compute capability >= {need}")
+    name = torch.cuda.get_device_name()
+    if have >= cap:
+        return Capability(True, f"{name} has compute capability {have[0]}.{have[1]} (>= {need}): {what} available")
+    return Capability(False, f"{name} has compute capability {have[0]}.{have[1]}; {what} needs >= {need}")
+
+
+def fp16_tensor_cores() -> Capability:
+    """fp16 tensor cores (Volta, 7.0, and newer)."""
+    return _needs(FP16_TENSOR_CORES_FROM, "fp16 tensor cores")
+
+
+def bf16_support() -> Capability:
+    """Native bf16 matrix math (Ampere, 8.0, and newer)."""
+    return _needs(BF16_FROM, "bf16 tensor cores")
+
+
+def max_autotune_gemms() -> Capability:
+    """Whether ``torch.compile(mode="max-autotune")`` will search GEMM kernels (needs >= 68 SMs)."""
+    if not torch.cuda.is_available():
+        return Capability(False, "no CUDA GPU here: max-autotune's GEMM search runs only on GPUs")
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    sms = props.multi_processor_count
+    if sms >= MAX_AUTOTUNE_MIN_SMS:
+        return Capability(True, f"{props.name} has {sms} SMs (>= {MAX_AUTOTUNE_MIN_SMS}): GEMM autotuning runs")
+    return Capability(False, f"{props.name} has {sms} SMs; max-autotune tunes GEMMs only from "
+                             f"{MAX_AUTOTUNE_MIN_SMS} SMs (a Colab T4 has 40)")
+
+
+def runtime_environment(device: str | torch.device | None = None, threads: int | None = None) -> dict:
+    """The facts that belong next to every timing: what ran it, where, with how many threads."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    env = {
+        "device": dev.type,
+        "device_name": device_name(dev),
+        "torch": torch.__version__,
+        "cpu_threads": threads if threads is not None else torch.get_num_threads(),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+    if dev.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        cap = compute_capability(dev)
+        env["compute_capability"] = f"{cap[0]}.{cap[1]}" if cap else None
+    return env
+
+
+def environment_summary() -> "pandas.DataFrame":  # noqa: F821 - pandas imported lazily
+    """A short table for a lab's setup cell: device, capabilities, versions, Colab or not."""
+    import pandas as pd
+    import transformers
+
+    dev = best_device()
+    rows = {
+        "device used by default": f"{dev} ({device_name(dev)})",
+        "CPU": f"{_cpu_name()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} threads",
+        "CUDA GPU": (f"{torch.cuda.get_device_name()} (compute capability "
+                     f"{'.'.join(map(str, compute_capability()))}, CUDA {torch.version.cuda})"
+                     if torch.cuda.is_available() else "none"),
+        "fp16 tensor cores": fp16_tensor_cores().reason,
+        "bf16": bf16_support().reason,
+        "max-autotune GEMMs": max_autotune_gemms().reason,
+        "Colab": "yes" if in_colab() else "no",
+        "python / torch / transformers": f"{platform.python_version()} / {torch.__version__} / {transformers.__version__}",
+    }
+    return pd.DataFrame({"value": rows}).rename_axis("fact")

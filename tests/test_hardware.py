@@ -1,0 +1,67 @@
+import sys
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+import helpers
+from helpers import hardware
+
+
+def test_best_device_falls_back_gracefully():
+    assert helpers.best_device() in {"cuda", "mps", "cpu"}
+    if not torch.cuda.is_available():
+        assert helpers.compute_capability() is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only messages")
+def test_cpu_only_capabilities_say_why():
+    for check in (helpers.fp16_tensor_cores, helpers.bf16_support, helpers.max_autotune_gemms):
+        cap = check()
+        assert cap.ok is False and "no CUDA GPU" in cap.reason
+
+
+def fake_gpu(monkeypatch, name, capability, sms):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(name=name, multi_processor_count=sms))
+
+
+def test_colab_t4_has_fp16_but_not_bf16_or_autotune(monkeypatch):
+    fake_gpu(monkeypatch, "Tesla T4", (7, 5), 40)
+    assert helpers.fp16_tensor_cores().ok
+    bf16 = helpers.bf16_support()
+    assert not bf16.ok and "7.5" in bf16.reason and "8.0" in bf16.reason
+    autotune = helpers.max_autotune_gemms()
+    assert not autotune.ok and "40 SMs" in autotune.reason
+
+
+def test_h100_has_everything(monkeypatch):
+    fake_gpu(monkeypatch, "NVIDIA H100", (9, 0), 132)
+    assert helpers.fp16_tensor_cores().ok and helpers.bf16_support().ok and helpers.max_autotune_gemms().ok
+
+
+def test_old_gpu_has_no_tensor_cores(monkeypatch):
+    fake_gpu(monkeypatch, "Tesla P100", (6, 0), 56)
+    assert not helpers.fp16_tensor_cores().ok
+
+
+def test_colab_detection(monkeypatch):
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert not helpers.in_colab()
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab")
+    assert helpers.in_colab()
+
+
+def test_runtime_environment_and_summary():
+    env = helpers.runtime_environment("cpu", threads=3)
+    assert env["cpu_threads"] == 3 and env["device"] == "cpu" and env["torch"] == torch.__version__
+    summary = helpers.environment_summary()
+    assert isinstance(summary, pd.DataFrame)
+    assert {"CUDA GPU", "bf16", "Colab", "max-autotune GEMMs"} <= set(summary.index)
+    assert hardware.MAX_AUTOTUNE_MIN_SMS == 68 and hardware.BF16_FROM == (8, 0)

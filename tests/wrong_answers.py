@@ -1,0 +1,26 @@
+"""A plausible wrong answer per lab, for the autograde golden tests (partial marks expected).
+
+Each entry takes the solution notebook (a dict) and returns it with one mistake a student
+could really make; the mistake must be caught by some, not all, of the lab's tests.
+"""
+
+from notebook_tools import source
+
+
+def _replace_in_cell(nb: dict, cell_id: str, old: str, new: str) -> dict:
+    for cell in nb["cells"]:
+        if cell.get("id") == cell_id:
+            text = source(cell)
+            assert old in text, f"wrong-answer fixture is stale: {old!r} not in cell {cell_id}"
+            cell["source"] = text.replace(old, new)
+            return nb
+    raise AssertionError(f"wrong-answer fixture is stale: no cell {cell_id}")
+
+
+def lab01_forgets_train_mode(nb: dict) -> dict:
+    """The baseline assumes the model starts in train mode (from_pretrained returns eval mode)."""
+    return _replace_in_cell(nb, "ex12-variants", "        model.train()\n        return model(**inputs)",
+                            "        return model(**inputs)")
+
+
+WRONG_ANSWERS = {"01_eval_mode": lab01_forgets_train_mode}
