@@ -104,8 +104,12 @@ def _find_open_notebook():
     except ImportError:
         pass
     for cand in candidates:
-        if cand and str(cand).endswith(".ipynb") and Path(cand).is_file():
-            return json.loads(Path(cand).read_text(encoding="utf-8"))
+        if not cand or not str(cand).endswith(".ipynb"):
+            continue
+        # JPY_SESSION_NAME may be relative to the server's root; the kernel runs in the notebook's folder
+        for path in (Path(cand), Path.cwd() / Path(cand).name):
+            if path.is_file():
+                return json.loads(path.read_text(encoding="utf-8"))
     return None
 
 

@@ -132,3 +132,28 @@ def test_no_notebook_is_committed_with_outputs():
     for nb_path in list((REPO / "solutions").rglob("*.ipynb")) + list((REPO / "labs").rglob("*.ipynb")):
         nb = load(nb_path)
         assert all(not c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), f"{nb_path} has outputs"
+
+
+def test_package_installs_without_the_repository(tmp_path):
+    """As in Colab (`pip install git+<repository>`): a built wheel works from another folder, data included."""
+    import shutil
+    import zipfile
+    uv = shutil.which("uv") or shutil.which("uv", path=str(REPO / ".venv" / "bin"))
+    if uv is None:
+        pytest.skip("uv is not installed here")
+    build = subprocess.run([uv, "build", "--wheel", "--out-dir", str(tmp_path / "dist"), str(REPO)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    check = subprocess.run(
+        [sys.executable, "-c", "import helpers; print(helpers.__file__); print(len(helpers.load_qa_pairs()))"],
+        cwd=tmp_path, env=venv_env(PYTHONPATH=str(tmp_path / "site")), capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-2000:]
+    file, count = check.stdout.split()[-2:]
+    assert file.startswith(str(tmp_path / "site")) and int(count) >= 100
+    archive = zipfile.ZipFile(wheel)
+    (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    requires = [ln for ln in archive.read(metadata).decode().splitlines() if ln.startswith("Requires-Dist:")]
+    assert not any("nbgrader" in ln or "jupyterlab" in ln for ln in requires), "Colab installs only what helpers needs"
+    assert any(ln.startswith("Requires-Dist: torch") for ln in requires)
