@@ -167,7 +167,7 @@ def _load_random_mpnet(requested: str, seed: int = 0) -> Encoder:
         tokenizer = AutoTokenizer.from_pretrained(str(packaged_model_dir()))
     return Encoder(model.eval(), tokenizer, "MPNet-base architecture, randomly initialised", requested,
                    f"transformers.MPNetConfig() with torch.manual_seed({seed})", False,
-                   "Tokenizer: all-MiniLM-L6-v2's (same vocabulary size class; ids fit MPNet's table).")
+                   "Tokenizer: all-MiniLM-L6-v2's (its 30,522 ids fit MPNet's 30,527-row embedding table).")
 
 
 def load_encoder(name: str | None = None, *, device: str | torch.device = "cpu",

@@ -102,7 +102,7 @@ def plot_speedups(table: pd.DataFrame, title: str | None = None, ax=None, qualit
                 label += f"  |  {qcol} {table.loc[name, qcol]:.3f}"
         ax.text(med[y] + err[1][y], y, "  " + label, va="center", fontsize=9)
     ax.set_xlabel("median time per call (ms); bars show p25-p75")
-    ax.set_xlim(0, max(med + err[1]) * (1.6 + 0.35 * len(quality)))
+    ax.set_xlim(0, max(med + err[1]) * (1.7 + 0.45 * len(quality)))
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title(title or "Median time per call (lower is better)")
