@@ -51,10 +51,9 @@ class Encoder:
     @property
     def non_embedding_parameters(self) -> int:
         """Parameters outside the embedding tables: the ones every token multiplies through."""
-        emb = self.model.get_input_embeddings()
         embedding_params = sum(p.numel() for m in self.model.modules()
                                if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False))
-        return self.num_parameters - (embedding_params if emb is not None else 0)
+        return self.num_parameters - embedding_params
 
     def describe(self) -> str:
         weights = "trained weights" if self.trained else "RANDOM weights (speed experiments only; quality figures are meaningless)"

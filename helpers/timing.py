@@ -96,12 +96,20 @@ class Timing:
         return f"<code>{html.escape(self.summary())}</code>"
 
 
-def _synchronizer(device: str | torch.device | None) -> Callable[[], None]:
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device the work runs on: as given, else CUDA if this process is using it, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
     """A function that waits for all queued device work (a no-op on the CPU)."""
-    kind = torch.device(device).type if device is not None else None
-    if kind == "cuda" or (kind is None and torch.cuda.is_available() and torch.cuda.is_initialized()):
+    if device.type == "cuda":
         return torch.cuda.synchronize
-    if kind == "mps":
+    if device.type == "mps":
         return torch.mps.synchronize
     return lambda: None
 
@@ -149,6 +157,7 @@ def benchmark(fn: Callable[[], object], *, runs: int = 100, warmup: int = 10,
     ``threads`` sets torch's CPU thread count for the measurement (restored afterwards).
     """
     _check(fn, runs, warmup, "fn")
+    device = _resolve_device(device)
     sync = _synchronizer(device)
     with _threads(threads) as n_threads:
         for _ in range(int(warmup)):
@@ -188,6 +197,7 @@ def compare(variants: Mapping[str, Callable[[], object]], *, runs: int = 100, wa
     for name, fn in variants.items():
         _check(fn, runs, warmup, f"variant {name!r}")
     names = list(variants)
+    device = _resolve_device(device)
     sync = _synchronizer(device)
     times: dict[str, list[float]] = {n: [] for n in names}
     bar = None
