@@ -12,6 +12,7 @@ MPNet-base architecture: same shapes and FLOPs as the reference, meaningless emb
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -105,23 +106,20 @@ def hub_status(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
 
 # --- loaders -------------------------------------------------------------------------
 
+@contextlib.contextmanager
 def _quiet_transformers():
     """Silence transformers' logging and its weight-loading progress bar (both go to stderr)."""
     from transformers.utils import logging as hf_logging
 
-    class _Quiet:
-        def __enter__(self):
-            self.level = hf_logging.get_verbosity()
-            self.bar = hf_logging.is_progress_bar_enabled()
-            hf_logging.set_verbosity_error()
-            hf_logging.disable_progress_bar()
-
-        def __exit__(self, *exc):
-            hf_logging.set_verbosity(self.level)
-            if self.bar:
-                hf_logging.enable_progress_bar()
-
-    return _Quiet()
+    level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def packaged_model_dir() -> Path:

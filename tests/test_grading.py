@@ -105,8 +105,8 @@ def test_visible_test_cells_of_the_released_labs():
 
 
 def test_self_check_finds_the_open_notebook_from_the_jupyter_session(tmp_path, monkeypatch, capsys):
-    path = _notebook(tmp_path, [("assert 1 + 1 == 2", True)])
+    _notebook(tmp_path, [("assert 1 + 1 == 2", True)])  # written as lab.ipynb
     monkeypatch.chdir(tmp_path)  # the kernel runs in the notebook's folder
     monkeypatch.setenv("JPY_SESSION_NAME", "course/labs/lab.ipynb")  # relative to the server root
-    (result,) = helpers.self_check()
-    assert result.passed and path.name == "lab.ipynb"
+    (result,) = helpers.self_check()  # found the notebook: one visible test ran
+    assert result.passed and result.grade_id == "t0"
