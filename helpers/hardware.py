@@ -93,13 +93,26 @@ def bf16_support() -> Capability:
 def max_autotune_gemms() -> Capability:
     """Whether ``torch.compile(mode="max-autotune")`` will search GEMM kernels (needs >= 68 SMs)."""
     if not torch.cuda.is_available():
-        return Capability(False, "no CUDA GPU here: max-autotune's GEMM search runs only on GPUs")
+        return Capability(False, "no CUDA GPU here: max-autotune's Triton GEMM search and CUDA graphs need "
+                                 "a GPU (on a CPU it can only try Inductor's C++ GEMM templates)")
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     sms = props.multi_processor_count
     if sms >= MAX_AUTOTUNE_MIN_SMS:
         return Capability(True, f"{props.name} has {sms} SMs (>= {MAX_AUTOTUNE_MIN_SMS}): GEMM autotuning runs")
     return Capability(False, f"{props.name} has {sms} SMs; max-autotune tunes GEMMs only from "
                              f"{MAX_AUTOTUNE_MIN_SMS} SMs (a Colab T4 has 40)")
+
+
+def cpp_compiler() -> Capability:
+    """Whether torch.compile can build CPU kernels: Inductor writes C++ and needs a compiler for it."""
+    import shutil
+    for name in ("c++", "g++", "clang++", "cl"):
+        path = shutil.which(name)
+        if path:
+            return Capability(True, f"C++ compiler found ({path}): torch.compile can build CPU kernels")
+    return Capability(False, "no C++ compiler on PATH: torch.compile's CPU backend (Inductor) needs one. "
+                             "Install build tools (Linux: g++; macOS: xcode-select --install; Windows: "
+                             "MSVC Build Tools), or run this lab in Colab")
 
 
 def runtime_environment(device: str | torch.device | None = None, threads: int | None = None) -> dict:

@@ -108,15 +108,25 @@ def hub_status(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
 
 @contextlib.contextmanager
 def _quiet_transformers():
-    """Silence transformers' logging and its weight-loading progress bar (both go to stderr)."""
+    """Silence transformers' logging and its weight-loading progress bar (both go to stderr).
+
+    Also torch's pytree logger: transformers imports torchao when it is installed, and torchao
+    registers its enums with a call torch now calls deprecated, a warning students cannot act on.
+    """
+    import logging
+
     from transformers.utils import logging as hf_logging
 
     level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    pytree_level = pytree_log.level
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    pytree_log.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        pytree_log.setLevel(pytree_level)
         hf_logging.set_verbosity(level)
         if bar:
             hf_logging.enable_progress_bar()
@@ -234,17 +244,18 @@ def sentence_embeddings(output, attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def embed_texts(run: Callable[[dict], object], tokenizer, texts: Sequence[str], *,
-                batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+                batch_size: int = 32, max_length: int = 128, padding: bool | str = True) -> torch.Tensor:
     """Embed ``texts`` with ``run(inputs) -> model output``, batch by batch.
 
     ``run`` is the code under test (eval mode, reduced precision, a compiled or exported
-    model...), so quality is measured on exactly what was timed.
+    model...), so quality is measured on exactly what was timed.  ``padding="max_length"``
+    gives every batch the same shape, so a model compiled for one shape is not recompiled.
     """
     if isinstance(texts, str):
         raise TypeError("embed_texts() takes a list of strings, not a single string")
     chunks = []
     for i in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+        batch = tokenizer(list(texts[i:i + batch_size]), padding=padding, truncation=True,
                           max_length=max_length, return_tensors="pt")
         chunks.append(sentence_embeddings(run(batch), batch["attention_mask"]))
     return torch.cat(chunks) if chunks else torch.empty(0)
@@ -260,3 +271,36 @@ def encode(encoder: Encoder, texts: Sequence[str], *, batch_size: int = 32, max_
             return model(**{k: v.to(device) for k, v in batch.items()})
 
     return embed_texts(run, encoder.tokenizer, texts, batch_size=batch_size, max_length=max_length)
+
+
+# --- which weights to measure quality on ------------------------------------------------
+
+def quality_encoder(encoder: Encoder, *, verbose: bool = True) -> Encoder:
+    """The encoder whose embeddings quality figures should come from.
+
+    ``encoder`` itself when its weights are trained; otherwise (random MPNet-base, used for
+    speed) the trained fallback, because random weights make every recipe look lossless.
+    """
+    if encoder.trained:
+        return encoder
+    trained = load_encoder(FALLBACK_MODEL, verbose=False)
+    trained.note = (f"Quality is measured on these trained weights because {encoder.name} has random ones.")
+    if verbose:
+        print(trained.describe())
+    return trained
+
+
+def random_like(encoder: Encoder, seed: int = 0) -> Encoder:
+    """The same architecture as ``encoder`` with randomly initialised weights (seeded).
+
+    For one demonstration: an optimization that damages trained weights can look harmless
+    on random ones, so quality must be measured on trained weights.
+    """
+    from transformers import AutoModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with _quiet_transformers():
+            model = AutoModel.from_config(encoder.model.config)
+    name = f"{encoder.name.split('/')[-1]} architecture, randomly initialised"
+    return Encoder(model.eval(), encoder.tokenizer, name, encoder.name,
+                   f"AutoModel.from_config with torch.manual_seed({seed})", False)

@@ -65,3 +65,13 @@ def test_runtime_environment_and_summary():
     assert isinstance(summary, pd.DataFrame)
     assert {"CUDA GPU", "bf16", "Colab", "max-autotune GEMMs"} <= set(summary.index)
     assert hardware.MAX_AUTOTUNE_MIN_SMS == 68 and hardware.BF16_FROM == (8, 0)
+
+
+def test_cpp_compiler_check_says_what_to_install_when_missing(monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    check = helpers.cpp_compiler()
+    assert not check.ok and "C++ compiler" in check.reason and "Colab" in check.reason
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    check = helpers.cpp_compiler()
+    assert check.ok and "/usr/bin/g++" in check.reason

@@ -115,3 +115,40 @@ def test_embeddings_do_not_depend_on_batching(minilm):
     assert torch.allclose(whole, pieces, atol=1e-5)
     with pytest.raises(TypeError, match="list of strings"):
         helpers.embed_texts(lambda b: None, minilm.tokenizer, "one string")
+
+
+def test_quality_encoder_keeps_trained_weights_and_replaces_random_ones(minilm):
+    assert helpers.quality_encoder(minilm, verbose=False) is minilm
+    random = helpers.random_like(minilm)
+    chosen = helpers.quality_encoder(random, verbose=False)
+    assert chosen.trained and chosen.name == helpers.FALLBACK_MODEL
+    assert "random" in chosen.note
+
+
+def test_random_like_has_the_same_shapes_and_other_weights(minilm):
+    first, again = helpers.random_like(minilm, seed=3), helpers.random_like(minilm, seed=3)
+    assert not first.trained and "randomly initialised" in first.name
+    trained = dict(minilm.model.named_parameters())
+    for name, param in first.model.named_parameters():
+        assert param.shape == trained[name].shape
+    layer = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(first.model.get_parameter(layer), minilm.model.get_parameter(layer))
+    assert torch.equal(first.model.get_parameter(layer), again.model.get_parameter(layer)), "seeded"
+    assert not first.model.training
+
+
+def test_embed_texts_can_pad_every_batch_to_one_shape(minilm):
+    shapes = []
+
+    def run(batch):
+        shapes.append(tuple(batch["input_ids"].shape))
+        with torch.inference_mode():
+            return minilm.model(**batch)
+
+    texts = ["short", "a somewhat longer sentence than the first one", "mid length text"]
+    fixed = helpers.embed_texts(run, minilm.tokenizer, texts, batch_size=2, max_length=24, padding="max_length")
+    assert shapes == [(2, 24), (1, 24)]
+    shapes.clear()
+    dynamic = helpers.embed_texts(run, minilm.tokenizer, texts, batch_size=2, max_length=24)
+    assert shapes[0][1] < 24
+    assert torch.allclose(fixed, dynamic, atol=1e-5), "padding is masked out of the mean pooling"

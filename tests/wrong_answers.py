@@ -23,4 +23,20 @@ def lab01_forgets_train_mode(nb: dict) -> dict:
                             "        return model(**inputs)")
 
 
-WRONG_ANSWERS = {"01_eval_mode": lab01_forgets_train_mode}
+def lab02_warms_up_outside_inference_mode(nb: dict) -> dict:
+    """The first call runs with autograd on, unlike the steady state it is compared with."""
+    return _replace_in_cell(nb, "ex21-compile", "    with torch.inference_mode():\n        compiled(**inputs)\n",
+                            "    compiled(**inputs)\n")
+
+
+def lab03_reports_megabytes(nb: dict) -> dict:
+    """File sizes in MB (10**6 bytes) where the lab asks for MiB (2**20 bytes)."""
+    return _replace_in_cell(nb, "ex32-sizes", "return Path(path).stat().st_size / 2**20",
+                            "return Path(path).stat().st_size / 1e6")
+
+
+WRONG_ANSWERS = {
+    "01_eval_mode": lab01_forgets_train_mode,
+    "02_torch_compile": lab02_warms_up_outside_inference_mode,
+    "03_quantization": lab03_reports_megabytes,
+}

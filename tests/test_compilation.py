@@ -1,0 +1,31 @@
+"""torch.compile helpers: a fresh cache folder, sizes on disk, and a clear error from the probe."""
+
+import os
+
+import pytest
+
+from helpers import compilation
+
+
+def test_fresh_compile_cache_is_an_empty_folder_named_in_the_environment(monkeypatch):
+    monkeypatch.delenv(compilation.CACHE_ENV, raising=False)
+    path = compilation.use_fresh_compile_cache()
+    try:
+        assert os.environ[compilation.CACHE_ENV] == str(path)
+        assert path.is_dir() and not any(path.iterdir())
+        assert compilation.use_fresh_compile_cache() != path, "each call gives a new folder"
+    finally:
+        monkeypatch.delenv(compilation.CACHE_ENV, raising=False)
+
+
+def test_folder_mib_adds_up_files_below_a_folder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"\0" * 2**20)
+    (tmp_path / "y.bin").write_bytes(b"\0" * 2**19)
+    assert compilation.folder_mib(tmp_path) == pytest.approx(1.5)
+    assert compilation.folder_mib(tmp_path / "missing") == 0.0
+
+
+def test_probe_failure_is_a_clear_error_not_a_hang(tmp_path):
+    with pytest.raises(RuntimeError, match="compile probe failed.*non-empty string"):
+        compilation.time_compile_in_new_process("", batch_size=1, seq_len=8, cache_dir=tmp_path, timeout_s=120)
