@@ -10,8 +10,10 @@ first compile is honestly cold; :func:`time_compile_in_new_process` then measure
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,8 +24,12 @@ CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
 def use_fresh_compile_cache(prefix: str = "course-inductor-cache-") -> Path:
-    """Point Inductor's on-disk cache at a new empty folder (for this process and its children)."""
+    """Point Inductor's on-disk cache at a new empty folder (for this process and its children).
+
+    The folder is removed when this process exits.
+    """
     path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     os.environ[CACHE_ENV] = str(path)
     return path
 
@@ -41,9 +47,9 @@ def time_compile_in_new_process(model_name: str, *, batch_size: int, seq_len: in
                                 timeout_s: float = 600) -> dict:
     """Start a new Python process that loads ``model_name``, compiles it and runs it once.
 
-    Returns the probe's own timings (``startup_s``: interpreter and imports, ``load_s``, ``first_call_s``: compile plus
-    the first forward, ``steady_ms``) and ``process_s``, process start to exit as seen from
-    here.  ``cache_dir`` is the Inductor cache the new process uses (default: this process's).
+    Returns the probe's own timings (``startup_s``: interpreter and imports, ``load_s``,
+    ``first_call_s``: compile plus the first forward, ``steady_ms``) and ``process_s``, process
+    start to exit as seen from here.  ``cache_dir`` is the Inductor cache the new process uses (default: this process's).
     """
     env = dict(os.environ)
     if cache_dir is not None:

@@ -29,3 +29,13 @@ def test_folder_mib_adds_up_files_below_a_folder(tmp_path):
 def test_probe_failure_is_a_clear_error_not_a_hang(tmp_path):
     with pytest.raises(RuntimeError, match="compile probe failed.*non-empty string"):
         compilation.time_compile_in_new_process("", batch_size=1, seq_len=8, cache_dir=tmp_path, timeout_s=120)
+
+
+def test_fresh_compile_cache_is_removed_when_the_process_exits(tmp_path):
+    import subprocess
+    import sys
+    code = "from helpers.compilation import use_fresh_compile_cache; print(use_fresh_compile_cache())"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    path = run.stdout.strip().splitlines()[-1]
+    assert path and not os.path.exists(path)
