@@ -16,8 +16,8 @@ Modules, one job each:
 from .grading import quiet_stderr, self_check
 from .hardware import (Capability, best_device, bf16_support, compute_capability, cpp_compiler,
                        environment_summary, fp16_tensor_cores, in_colab, max_autotune_gemms, runtime_environment)
-from .models import (DEFAULT_MODEL, FALLBACK_MODEL, RANDOM_MPNET, Encoder, embed_texts, encode, hub_status,
-                     load_encoder, mean_pool, quality_encoder, random_like, sentence_embeddings)
+from .models import (DEFAULT_MODEL, FALLBACK_MODEL, RANDOM_MPNET, Encoder, embed_module, embed_texts, encode,
+                     hub_status, load_encoder, mean_pool, quality_encoder, random_like, sentence_embeddings)
 from .profile import PROFILES, Profile, get_profile
 from .quality import QAPair, cosine_to_reference, load_qa_pairs, retrieval_metrics, retrieval_quality
 from .report import plot_speedups, save_figure, speedup, speedup_table, styled
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Capability", "Comparison", "DEFAULT_MODEL", "Encoder", "FALLBACK_MODEL", "PROFILES", "Profile",
     "QAPair", "RANDOM_MPNET", "Timing", "benchmark", "best_device", "bf16_support", "compare",
-    "compute_capability", "cosine_to_reference", "cpp_compiler", "embed_texts", "encode", "environment_summary",
+    "compute_capability", "cosine_to_reference", "cpp_compiler", "embed_module", "embed_texts", "encode", "environment_summary",
     "fp16_tensor_cores", "get_profile", "hub_status", "in_colab", "load_encoder", "load_qa_pairs",
     "max_autotune_gemms", "mean_pool", "plot_speedups", "quality_encoder", "quiet_stderr", "random_like", "retrieval_metrics",
     "retrieval_quality", "runtime_environment", "save_figure", "self_check", "sentence_embeddings",

@@ -261,16 +261,26 @@ def embed_texts(run: Callable[[dict], object], tokenizer, texts: Sequence[str], 
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def encode(encoder: Encoder, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
-    """Reference fp32 embeddings: the encoder in eval mode under ``inference_mode``."""
-    device = next(encoder.model.parameters()).device
-    model = encoder.model.eval()
+def embed_module(model, tokenizer, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 128,
+                 padding: bool | str = True) -> torch.Tensor:
+    """Embeddings from ``model(**inputs)`` under ``inference_mode``, inputs moved to the model's device.
+
+    ``model`` may be the encoder itself or any stand-in called the same way: a compiled,
+    quantized or half-precision copy.
+    """
+    first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    device = first.device if first is not None else torch.device("cpu")
 
     def run(batch):
         with torch.inference_mode():
             return model(**{k: v.to(device) for k, v in batch.items()})
 
-    return embed_texts(run, encoder.tokenizer, texts, batch_size=batch_size, max_length=max_length)
+    return embed_texts(run, tokenizer, texts, batch_size=batch_size, max_length=max_length, padding=padding)
+
+
+def encode(encoder: Encoder, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 128) -> torch.Tensor:
+    """Reference fp32 embeddings: the encoder in eval mode under ``inference_mode``."""
+    return embed_module(encoder.model.eval(), encoder.tokenizer, texts, batch_size=batch_size, max_length=max_length)
 
 
 # --- which weights to measure quality on ------------------------------------------------

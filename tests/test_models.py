@@ -152,3 +152,17 @@ def test_embed_texts_can_pad_every_batch_to_one_shape(minilm):
     dynamic = helpers.embed_texts(run, minilm.tokenizer, texts, batch_size=2, max_length=24)
     assert shapes[0][1] < 24
     assert torch.allclose(fixed, dynamic, atol=1e-5), "padding is masked out of the mean pooling"
+
+
+def test_embed_module_runs_any_stand_in_under_inference_mode(minilm):
+    texts = ["first sentence", "a second, longer sentence"]
+    modes = []
+
+    class StandIn(torch.nn.Module):  # e.g. a compiled or quantized copy: called like the model
+        def forward(self, **inputs):
+            modes.append(torch.is_inference_mode_enabled())
+            return minilm.model(**inputs)
+
+    got = helpers.embed_module(StandIn(), minilm.tokenizer, texts)
+    assert modes == [True]
+    assert torch.equal(got, helpers.encode(minilm, texts))
