@@ -39,3 +39,12 @@ c.OverwriteCells.add_missing_cells = True
 # Autograde and validate in the smoke profile unless the instructor chose otherwise.
 if any(cmd in sys.argv[1:2] for cmd in ("autograde", "validate", "generate_feedback")):
     os.environ.setdefault("LAB_PROFILE", "smoke")
+
+# Feedback shows each test's result, not the hidden tests' code, their tracebacks or a mark scheme
+# (nbgrader shows them by default: jupyter/nbgrader#917). See helpers/feedback.py.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from helpers.feedback import HideHiddenTests  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

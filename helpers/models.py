@@ -261,6 +261,25 @@ def embed_texts(run: Callable[[dict], object], tokenizer, texts: Sequence[str], 
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
+def inputs_of_shape(tokenizer, batch_size: int, seq_len: int, *, fill: bool = False) -> dict:
+    """A tokenized batch of exactly ``batch_size`` x ``seq_len`` tokens, for timing (lab 01's recipe).
+
+    The sentences are the course's answer texts, padded or truncated to ``seq_len`` so every
+    call does the same work.  ``fill=True`` makes every sentence long enough to fill all
+    ``seq_len`` positions, so there is no padding and the attention mask is all ones.
+    """
+    from .quality import load_qa_pairs
+    if int(batch_size) < 1 or int(seq_len) < 1:
+        raise ValueError(f"batch_size and seq_len must be at least 1, got {batch_size!r} and {seq_len!r}")
+    answers = [pair.answer for pair in load_qa_pairs()]
+    if fill:
+        long_text = " ".join(answers)
+        texts = [" ".join(answers[i % len(answers):] + [long_text]) for i in range(int(batch_size))]
+    else:
+        texts = [answers[i % len(answers)] for i in range(int(batch_size))]
+    return tokenizer(texts, padding="max_length", truncation=True, max_length=int(seq_len), return_tensors="pt")
+
+
 def embed_module(model, tokenizer, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 128,
                  padding: bool | str = True) -> torch.Tensor:
     """Embeddings from ``model(**inputs)`` under ``inference_mode``, inputs moved to the model's device.

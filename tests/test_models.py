@@ -166,3 +166,12 @@ def test_embed_module_runs_any_stand_in_under_inference_mode(minilm):
     got = helpers.embed_module(StandIn(), minilm.tokenizer, texts)
     assert modes == [True]
     assert torch.equal(got, helpers.encode(minilm, texts))
+
+
+def test_inputs_of_shape_gives_exact_shapes_and_fill_removes_padding(minilm):
+    padded = helpers.inputs_of_shape(minilm.tokenizer, 3, 40)
+    assert tuple(padded["input_ids"].shape) == (3, 40) and not padded["attention_mask"].all()
+    full = helpers.inputs_of_shape(minilm.tokenizer, 130, 40, fill=True)  # more rows than the Q&A set has
+    assert tuple(full["input_ids"].shape) == (130, 40) and full["attention_mask"].all()
+    with pytest.raises(ValueError, match="at least 1"):
+        helpers.inputs_of_shape(minilm.tokenizer, 0, 8)

@@ -35,8 +35,21 @@ def lab03_reports_megabytes(nb: dict) -> dict:
                             "return Path(path).stat().st_size / 1e6")
 
 
+def lab04_counts_with_autograd_on(nb: dict) -> dict:
+    """The op count is taken under no_grad, where autograd splits linear layers before they are counted."""
+    return _replace_in_cell(nb, "ex41-count", "    with torch.inference_mode(), OpCounter() as counter:",
+                            "    with torch.no_grad(), OpCounter() as counter:")
+
+
+def lab05_casts_in_place(nb: dict) -> dict:
+    """model.to(dtype) without a copy: the fp32 baseline is converted too."""
+    return _replace_in_cell(nb, "ex51-cast", "return copy.deepcopy(model).to(dtype)", "return model.to(dtype)")
+
+
 WRONG_ANSWERS = {
     "01_eval_mode": lab01_forgets_train_mode,
     "02_torch_compile": lab02_warms_up_outside_inference_mode,
     "03_quantization": lab03_reports_megabytes,
+    "04_gpu_inference": lab04_counts_with_autograd_on,
+    "05_reduced_precision": lab05_casts_in_place,
 }

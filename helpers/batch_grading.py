@@ -1,0 +1,263 @@
+"""Grade a folder of collected submissions: one command, a grades table, feedback, a summary.
+
+    uv run python -m helpers.batch_grading SUBMISSIONS_FOLDER [--out grading] [--jobs N]
+
+From the course folder (the one with ``solutions/``, ``labs/`` and ``nbgrader_config.py``):
+
+1. :mod:`helpers.submissions` finds every notebook, decides whose and which lab it is,
+   repairs what can honestly be repaired, and names what cannot be graded.
+2. Each gradable submission is autograded by nbgrader (smoke profile) in its **own**
+   scratch course with its own gradebook, so any number run in parallel without two
+   processes ever writing one SQLite file.  A cell that runs past ``--cell-timeout`` is
+   interrupted and scored as an error; a whole submission past ``--timeout`` is stopped.
+3. The results go to ``<out>/grades.csv`` (one row per student and lab, with the reason
+   for anything unusual), ``<out>/grades_by_cell.csv``, ``<out>/feedback/<student>/<lab>.html``
+   (hidden tests and mark schemes removed, see :mod:`helpers.feedback`) and
+   ``<out>/autograded/<student>/<lab>.ipynb`` for the instructor.
+
+Several machines: give each a slice with ``--shard 1/3``, ``--shard 2/3``, ``--shard 3/3``
+and concatenate the ``grades.csv`` files (same columns; each row is independent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .submissions import Submission, collect, redefinitions, release_notebooks, repair
+
+COLUMNS = ["student", "lab", "status", "auto_score", "auto_max", "manual_max", "needs_manual_grading",
+           "file", "reason", "seconds"]
+CELL_COLUMNS = ["student", "lab", "grade_id", "score", "max_score", "needs_manual_grade"]
+
+
+def safe_id(student: str) -> str:
+    """A student id nbgrader accepts (letters, digits, '.', '_', '-'); the original stays in the table."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", student).strip("_.") or "student"
+
+
+def _nbgrader(course: Path, *args: str, timeout: float, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def _last_error(log: str) -> str:
+    lines = [ln.strip() for ln in log.splitlines() if "ERROR" in ln or "Error" in ln or "error:" in ln]
+    return (lines[-1] if lines else log.strip().splitlines()[-1] if log.strip() else "no output")[:300]
+
+
+def _cell_errors(nb: dict) -> list[str]:
+    found = []
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                label = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or cell.get("id", "?")
+                found.append(f"{label} ({out.get('ename', 'Error')})")
+                break
+    return found
+
+
+def _grade_id(cell: dict) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def _is_test(cell: dict) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return bool(meta.get("grade")) and not meta.get("solution")
+
+
+def _scratch_course(course: Path, work: Path, sub: Submission) -> tuple[Path, str]:
+    sid = safe_id(sub.student)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{sid}-{sub.lab}-", dir=work))
+    shutil.copytree(course / "solutions" / sub.lab, scratch / "solutions" / sub.lab)
+    shutil.copy(course / "nbgrader_config.py", scratch / "nbgrader_config.py")
+    target = scratch / "submitted" / sid / sub.lab / f"{sub.lab}.ipynb"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(sub.notebook), encoding="utf-8")
+    return scratch, sid
+
+
+def grade_one(sub: Submission, course: Path, out: Path, work: Path, *, cell_timeout: int, timeout: int,
+              threads: int) -> tuple[dict, list[dict]]:
+    """Autograde one submission in a scratch course; return its grades-table row and per-cell rows."""
+    start = time.perf_counter()
+    row = {"student": sub.student, "lab": sub.lab, "file": str(sub.path.name if sub.path else ""),
+           "auto_score": 0.0, "auto_max": "", "manual_max": "", "needs_manual_grading": "", "status": "not graded",
+           "reason": "; ".join(sub.notes)}
+    if not sub.gradable:
+        row["reason"] = "; ".join([sub.problem or "not gradable"] + sub.notes)
+        row["seconds"] = 0.0
+        return row, []
+    flagged = redefinitions(sub.notebook)
+    env = dict(os.environ, LAB_PROFILE="smoke", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONWARNINGS="ignore", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    scratch, sid = _scratch_course(course, work, sub)
+    notes = list(sub.notes)
+    cells: list[dict] = []
+    try:
+        made = _nbgrader(scratch, "generate_assignment", sub.lab, "--force", timeout=600, env=env)
+        if made.returncode != 0:
+            raise RuntimeError(f"could not prepare the lab for grading: {_last_error(made.stdout + made.stderr)}")
+        try:
+            graded = _nbgrader(scratch, "autograde", sub.lab, "--student", sid, "--force",
+                               f"--Execute.timeout={int(cell_timeout)}", timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"grading took longer than {timeout} s and was stopped (a very slow or stuck "
+                               f"notebook; each cell may run {cell_timeout} s)") from None
+        autograded = scratch / "autograded" / sid / sub.lab / f"{sub.lab}.ipynb"
+        log = graded.stdout + graded.stderr
+        if graded.returncode != 0 or not autograded.is_file() or "failed to autograde" in log.lower():
+            if "DeadKernelError" in log or "Kernel died" in log or "kernel died" in log.lower():
+                raise RuntimeError("the notebook killed its kernel (the Python process running it exited), "
+                                   "so no cell after that point could be graded")
+            raise RuntimeError(f"nbgrader could not autograde it: {_last_error(log)}")
+        from nbgrader.api import Gradebook
+        with Gradebook(f"sqlite:///{scratch / 'gradebook.db'}") as gb:
+            notebook = gb.find_submission(sub.lab, sid).notebooks[0]
+            for g in notebook.grades:
+                cells.append({"student": sub.student, "lab": sub.lab, "grade_id": g.name,
+                              "score": g.auto_score if g.auto_score is not None else "",
+                              "max_score": g.max_score, "needs_manual_grade": bool(g.needs_manual_grade)})
+        tests = {_grade_id(c) for c in sub.notebook["cells"] if _is_test(c)}
+        auto = [c for c in cells if c["grade_id"] in tests]
+        answers = [c for c in cells if c["grade_id"] not in tests]
+        waiting = [c["grade_id"] for c in answers if c["needs_manual_grade"]]
+        blank = [c["grade_id"] for c in answers if not c["needs_manual_grade"]]
+        row.update(status="graded", auto_score=round(sum(float(c["score"] or 0) for c in auto), 3),
+                   auto_max=round(sum(c["max_score"] for c in auto), 3),
+                   manual_max=round(sum(c["max_score"] for c in answers), 3), needs_manual_grading=" ".join(waiting))
+        if blank:
+            notes.append("written answer(s) left as released, scored 0: " + ", ".join(blank))
+        errors = _cell_errors(json.loads(autograded.read_text(encoding="utf-8")))
+        if errors:
+            notes.append("cells that raised an error: " + ", ".join(errors))
+        if "Timeout" in log or "timed out" in log.lower():
+            notes.append(f"a cell ran past the {cell_timeout} s limit and was interrupted")
+        if flagged:
+            notes.append("for a person to check: solution code rebinds " + ", ".join(sorted(set(flagged))))
+            row["needs_manual_grading"] = (row["needs_manual_grading"] + " redefinitions").strip()
+        dest = out / "autograded" / safe_id(sub.student)
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(autograded, dest / f"{sub.lab}.ipynb")
+        fed = _nbgrader(scratch, "generate_feedback", sub.lab, "--student", sid, "--force", timeout=600, env=env)
+        html = scratch / "feedback" / sid / sub.lab / f"{sub.lab}.html"
+        if fed.returncode == 0 and html.is_file():
+            fdest = out / "feedback" / safe_id(sub.student)
+            fdest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(html, fdest / f"{sub.lab}.html")
+        else:
+            notes.append(f"feedback could not be generated: {_last_error(fed.stdout + fed.stderr)}")
+    except RuntimeError as exc:
+        row.update(status="failed", auto_score=0.0)
+        notes.insert(0, str(exc))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    row["reason"] = "; ".join(notes)
+    row["seconds"] = round(time.perf_counter() - start, 1)
+    return row, cells
+
+
+def _missing_rows(rows: list[dict]) -> list[dict]:
+    """A row for every (student, lab) of this batch with no submission at all."""
+    students = sorted({r["student"] for r in rows})
+    labs = sorted({r["lab"] for r in rows if r["lab"] != "unknown"})
+    have = {(r["student"], r["lab"]) for r in rows}
+    return [{"student": s, "lab": lab, "status": "missing", "auto_score": 0.0, "auto_max": "", "manual_max": "",
+             "needs_manual_grading": "", "file": "", "reason": "no submission for this lab in the folder",
+             "seconds": 0.0} for s in students for lab in labs if (s, lab) not in have]
+
+
+def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, cell_timeout: int = 120,
+                 timeout: int = 900, shard: tuple[int, int] = (1, 1), progress=print) -> list[dict]:
+    """Grade everything under ``submissions``; write the tables and feedback under ``out``; return the rows."""
+    course, out = Path(course).resolve(), Path(out).resolve()
+    releases = release_notebooks(course)
+    subs = [repair(s, releases[s.lab]) if s.gradable else s for s in collect(Path(submissions), releases)]
+    index, count = shard
+    subs = [s for i, s in enumerate(subs) if i % count == index - 1]
+    out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    progress(f"{len(subs)} submission(s) found under {submissions}; grading with {jobs} job(s), "
+             f"{threads} thread(s) each")
+    rows, cells = [], []
+    with tempfile.TemporaryDirectory(prefix="batch-grading-") as work, ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = [pool.submit(grade_one, s, course, out, Path(work), cell_timeout=cell_timeout, timeout=timeout,
+                               threads=threads) for s in subs]
+        for future in futures:
+            row, cell_rows = future.result()
+            rows.append(row)
+            cells += cell_rows
+            score = f"{row['auto_score']}/{row['auto_max']}" if row["status"] == "graded" else row["status"]
+            progress(f"  {row['student']} / {row['lab']}: {score}" + (f"  ({row['reason']})" if row["reason"] else ""))
+    rows += _missing_rows(rows) if count == 1 else []
+    rows.sort(key=lambda r: (r["student"], r["lab"]))
+    _write_csv(out / "grades.csv", COLUMNS, rows)
+    _write_csv(out / "grades_by_cell.csv", CELL_COLUMNS, cells)
+    return rows
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def summary(rows: list[dict]) -> str:
+    """Graded, failed (with reasons), not gradable, missing, and how many wait for a person."""
+    by = {k: [r for r in rows if r["status"] == k] for k in ("graded", "failed", "not graded", "missing")}
+    manual = [r for r in rows if r["needs_manual_grading"]]
+    lines = [f"graded: {len(by['graded'])}, failed: {len(by['failed'])}, not gradable: {len(by['not graded'])}, "
+             f"missing: {len(by['missing'])}; waiting for manual grading: {len(manual)}"]
+    for r in by["failed"] + by["not graded"]:
+        lines.append(f"  {r['status']}: {r['student']} / {r['lab']} ({r['file']}): {r['reason']}")
+    return "\n".join(lines)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes i/n, e.g. 2/3; got {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 1 <= i <= n")
+    return index, count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.batch_grading", description=__doc__.split("\n\n")[0])
+    parser.add_argument("submissions", type=Path, help="folder of collected submissions (any layout, see docs)")
+    parser.add_argument("--course", type=Path, default=Path.cwd(), help="course folder (default: here)")
+    parser.add_argument("--out", type=Path, default=Path("grading"), help="where tables and feedback go")
+    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="submissions graded at once (default: half the cores)")
+    parser.add_argument("--cell-timeout", type=int, default=120, help="seconds a cell may run before it is stopped")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds one submission may take in all")
+    parser.add_argument("--shard", type=_shard, default=(1, 1), help="grade slice i of n (several machines)")
+    args = parser.parse_args(argv)
+    if not (args.course / "nbgrader_config.py").is_file():
+        parser.error(f"{args.course} is not the course folder (no nbgrader_config.py): pass --course")
+    if not args.submissions.is_dir():
+        parser.error(f"submissions folder {args.submissions} does not exist")
+    start = time.perf_counter()
+    rows = grade_folder(args.submissions, args.course, args.out, jobs=args.jobs, cell_timeout=args.cell_timeout,
+                        timeout=args.timeout, shard=args.shard)
+    print(summary(rows))
+    print(f"wrote {args.out / 'grades.csv'}, {args.out / 'grades_by_cell.csv'} and feedback under "
+          f"{args.out / 'feedback'} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

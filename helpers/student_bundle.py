@@ -1,0 +1,138 @@
+"""Export what students get, and nothing else, as one zip file.
+
+    uv run python -m helpers.student_bundle [--out dist/student-bundle.zip]
+
+In the bundle: the released labs (``labs/``), the ``helpers`` package and its data (without
+the instructor's grading tools), the environment files (``pyproject.toml``, ``uv.lock``,
+``environment.yml``), ``README.md``, ``LICENSE`` and the figures in ``images/``.  Never in
+it: ``solutions/`` (answers, hidden tests, mark schemes), ``tests/``, the nbgrader
+configuration and gradebook, and anything students handed in.  :func:`check_bundle` proves
+it: no solution or hidden-test marker and no line of a solution region anywhere inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import zipfile
+from pathlib import Path
+
+TOP_FILES = ("README.md", "LICENSE", "pyproject.toml", "uv.lock", "environment.yml")
+TOP_FOLDERS = ("labs", "helpers", "images")
+# Instructor tools inside the helpers package: not needed to work a lab.
+INSTRUCTOR_MODULES = ("batch_grading.py", "submissions.py", "feedback.py", "student_bundle.py")
+SKIP_PARTS = ("__pycache__", ".ipynb_checkpoints")
+MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "Model answer (for graders")
+
+
+def bundle_files(course: Path) -> list[Path]:
+    """The files (relative to ``course``) that go to students, sorted."""
+    course = Path(course)
+    files = [Path(name) for name in TOP_FILES if (course / name).is_file()]
+    for folder in TOP_FOLDERS:
+        for path in sorted((course / folder).rglob("*")):
+            rel = path.relative_to(course)
+            if not path.is_file() or any(part in SKIP_PARTS or part.startswith(".") for part in rel.parts):
+                continue
+            if rel.parts[0] == "helpers" and rel.name in INSTRUCTOR_MODULES:
+                continue
+            files.append(rel)
+    return sorted(files)
+
+
+def _regions(course: Path) -> tuple[set[str], list[str]]:
+    """(lines found only inside solution/hidden-test regions, each region as a block of stripped lines)."""
+    inside, outside, blocks = set(), set(), []
+    for nb_path in sorted((Path(course) / "solutions").glob("*/*.ipynb")):
+        for cell in json.loads(nb_path.read_text(encoding="utf-8"))["cells"]:
+            text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            current = None
+            for line in text.splitlines():
+                if "BEGIN SOLUTION" in line or "BEGIN HIDDEN TESTS" in line:
+                    current = []
+                elif "END SOLUTION" in line or "END HIDDEN TESTS" in line:
+                    if current and len(current) >= 2:
+                        blocks.append("\n".join(current))
+                    current = None
+                elif line.strip():
+                    (outside if current is None else inside).add(line.strip())
+                    if current is not None:
+                        current.append(line.strip())
+    secret = {line for line in inside - outside if len(line) > 8}
+    return secret, blocks
+
+
+def _plain_lines(name: str, data: bytes) -> list[str]:
+    """The text lines of a file; for a notebook, the lines of its cells' sources."""
+    text = data.decode("utf-8")
+    if name.endswith(".ipynb"):
+        cells = json.loads(text).get("cells", [])
+        text = "\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells)
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def check_bundle(zip_path: Path, course: Path) -> list[str]:
+    """Problems found in a bundle (empty when it is safe to hand out).
+
+    A file leaks if it holds a solution/hidden-test marker, a whole solution region, or (for
+    a lab notebook) any line that occurs in the instructor notebooks only inside such regions.
+    """
+    problems = []
+    secret, blocks = _regions(course)
+    with zipfile.ZipFile(zip_path) as archive:
+        names = archive.namelist()
+        for name in names:
+            top = name.split("/", 1)[0]
+            if top in ("solutions", "tests", ".ci") or name.endswith(("nbgrader_config.py", "gradebook.db")):
+                problems.append(f"{name}: instructor-only file")
+                continue
+            data = archive.read(name)
+            try:
+                lines = _plain_lines(name, data)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue  # images and other binary files
+            text = "\n".join(lines)
+            problems += [f"{name}: contains {marker!r}" for marker in MARKERS if marker in text]
+            whole = [block for block in blocks if block in text]
+            if whole:
+                problems.append(f"{name}: contains a whole solution region, starting {whole[0].splitlines()[0]!r}")
+            if top == "labs":
+                leaked = sorted(set(lines) & secret)
+                if leaked:
+                    problems.append(f"{name}: contains solution lines, e.g. {leaked[0]!r}")
+        if not any(n.startswith("labs/") and n.endswith(".ipynb") for n in names):
+            problems.append("no lab notebooks in the bundle")
+    return problems
+
+
+def build_bundle(course: Path, out: Path) -> Path:
+    """Write the zip; refuse (and delete it) if :func:`check_bundle` finds anything."""
+    course, out = Path(course).resolve(), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for rel in bundle_files(course):
+            archive.write(course / rel, rel.as_posix())
+    problems = check_bundle(out, course)
+    if problems:
+        out.unlink()
+        raise RuntimeError("the student bundle would leak instructor material:\n  " + "\n  ".join(problems))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.student_bundle", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--course", type=Path, default=Path.cwd(), help="course folder (default: here)")
+    parser.add_argument("--out", type=Path, default=Path("dist/student-bundle.zip"))
+    args = parser.parse_args(argv)
+    if not (args.course / "labs").is_dir():
+        parser.error(f"{args.course} has no labs/ folder: pass --course")
+    path = build_bundle(args.course, args.out)
+    with zipfile.ZipFile(path) as archive:
+        count = len(archive.namelist())
+    print(f"wrote {path} ({count} files, {path.stat().st_size / 2**20:.1f} MiB); checked: no solutions, "
+          f"hidden tests or mark schemes inside")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

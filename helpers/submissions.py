@@ -1,0 +1,266 @@
+"""Collected submissions -> one checked notebook per (student, lab), every problem named.
+
+Instructors download submissions in whatever shape their LMS or Colab gives:
+
+* per-student folders: ``<root>/<student>/<anything>/<file>.ipynb``;
+* flat files: ``<root>/<student>_<lab>.ipynb`` (an LMS prefix), ``Copy of 01_eval_mode.ipynb``,
+  ``01_eval_mode (1).ipynb`` (a second download).
+
+:func:`collect` finds every notebook, decides whose it is and which lab it is (by its
+content, the cells' nbgrader ids, and by its name only when the content cannot tell), keeps
+the newest file when a student sent several, and :func:`repair` makes it gradable where
+that is honest (restores nbgrader metadata and points from the release, renumbers
+duplicate cell ids, drops stored outputs).  Nothing is dropped silently: every file ends
+in a :class:`Submission`, and every repair or refusal is a sentence in ``notes`` or
+``problem`` that ends up in the grades table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LARGE_OUTPUTS_BYTES = 1_000_000
+
+
+@dataclass
+class Submission:
+    """One student's notebook for one lab, as it will be graded (or why it cannot be)."""
+
+    student: str
+    lab: str | None
+    path: Path | None
+    notebook: dict | None = None
+    notes: list[str] = field(default_factory=list)
+    problem: str | None = None  # set when the file cannot be graded at all
+
+    @property
+    def gradable(self) -> bool:
+        return self.problem is None and self.notebook is not None and self.lab is not None
+
+
+def release_notebooks(course: Path) -> dict[str, dict]:
+    """``{lab: released notebook}`` from ``<course>/labs/<lab>/<lab>.ipynb``."""
+    labs = {}
+    for folder in sorted((Path(course) / "labs").iterdir()):
+        nb_path = folder / f"{folder.name}.ipynb"
+        if nb_path.is_file():
+            labs[folder.name] = json.loads(nb_path.read_text(encoding="utf-8"))
+    if not labs:
+        raise FileNotFoundError(f"no released labs under {Path(course) / 'labs'}: run this from the course folder")
+    return labs
+
+
+def _nbgrader(cell: dict) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def _source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+# --- whose, and which lab -------------------------------------------------------------------
+
+_COPY_OF = re.compile(r"^(copy of\s+)+", re.IGNORECASE)
+_DOWNLOAD_NUMBER = re.compile(r"\s*\(\d+\)$")
+_SEPARATORS = " _-.,"
+
+
+def lab_from_name(name: str, labs: list[str]) -> str | None:
+    """The lab whose name appears in a file name (longest match wins), else ``None``."""
+    key = name.lower().replace(" ", "_").replace("-", "_")
+    found = [lab for lab in labs if lab in key]
+    return max(found, key=len) if found else None
+
+
+def student_from_flat_name(stem: str, lab: str | None) -> str:
+    """What is left of a flat file's name once "Copy of", "(1)" and the lab name are removed."""
+    name = _DOWNLOAD_NUMBER.sub("", _COPY_OF.sub("", stem.strip()))
+    if lab:
+        name = re.sub(re.escape(lab).replace("_", "[ _-]"), "", name, flags=re.IGNORECASE)
+    return name.strip(_SEPARATORS)
+
+
+def lab_from_content(nb: dict, releases: dict[str, dict]) -> str | None:
+    """The lab whose nbgrader grade ids (or, if those were stripped, cell ids) the notebook shares most."""
+    cells = nb.get("cells", []) if isinstance(nb, dict) else []
+    grade_ids = {_nbgrader(c).get("grade_id") for c in cells if isinstance(c, dict)} - {None}
+    cell_ids = {c.get("id") for c in cells if isinstance(c, dict)} - {None}
+    for mine, theirs in ((grade_ids, lambda r: {_nbgrader(c).get("grade_id") for c in r["cells"]} - {None}),
+                         (cell_ids, lambda r: {c.get("id") for c in r["cells"]} - {None})):
+        overlap = {lab: len(mine & theirs(release)) for lab, release in releases.items()}
+        best = max(overlap, key=overlap.get) if overlap else None
+        if best is not None and overlap[best] > 0:
+            return best
+    return None
+
+
+def _read(path: Path) -> tuple[dict | None, str | None]:
+    """(notebook dict, None) or (None, why it cannot be read)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, f"file cannot be read ({exc.strerror})"
+    if not raw.strip():
+        return None, "empty file (0 bytes of notebook)"
+    try:
+        nb = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        return None, "not a notebook: the file is not text (UTF-8)"
+    except json.JSONDecodeError as exc:
+        return None, f"not a valid notebook: broken JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})"
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        return None, "not a notebook: valid JSON, but no list of cells"
+    return nb, None
+
+
+def collect(root: Path, releases: dict[str, dict]) -> list[Submission]:
+    """Every ``.ipynb`` under ``root`` as a :class:`Submission`; one per (student, lab) plus refusals."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"submissions folder {root} does not exist")
+    labs = list(releases)
+    found: list[Submission] = []
+    for path in sorted(root.rglob("*.ipynb")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # .ipynb_checkpoints and other hidden folders
+        name_lab = lab_from_name(path.stem, labs)
+        if len(rel.parts) > 1:
+            student = rel.parts[0]
+        else:
+            student = student_from_flat_name(path.stem, name_lab)
+        nb, problem = _read(path)
+        sub = Submission(student=student, lab=name_lab, path=path, notebook=nb, problem=problem)
+        if not student:
+            sub.student = path.stem
+            sub.problem = sub.problem or (f"cannot tell whose submission this is from '{rel}': put it in a folder "
+                                          f"named after the student, or prefix the file name with the student's id")
+        if nb is not None:
+            content_lab = lab_from_content(nb, releases)
+            if content_lab is None:
+                sub.problem = sub.problem or "not one of this course's labs: no cell matches a released lab"
+            elif name_lab and content_lab != name_lab:
+                sub.notes.append(f"the file is named for {name_lab} but is the {content_lab} notebook: graded as {content_lab}")
+                sub.lab = content_lab
+            else:
+                sub.lab = content_lab
+        if sub.lab is None:
+            sub.lab = "unknown"
+            sub.problem = sub.problem or "cannot tell which lab this is"
+        found.append(sub)
+    return _newest_per_student_and_lab(found)
+
+
+def _newest_per_student_and_lab(subs: list[Submission]) -> list[Submission]:
+    by_key: dict[tuple[str, str], list[Submission]] = {}
+    for sub in subs:
+        by_key.setdefault((sub.student, sub.lab), []).append(sub)
+    chosen = []
+    for group in by_key.values():
+        group.sort(key=lambda s: (s.gradable, s.path.stat().st_mtime if s.path else 0.0), reverse=True)
+        best = group[0]
+        if len(group) > 1:
+            others = ", ".join(f"'{s.path.name}'" for s in group[1:])
+            best.notes.append(f"{len(group)} files for this lab; graded '{best.path.name}' (newest readable), "
+                              f"not {others}")
+        chosen.append(best)
+    return sorted(chosen, key=lambda s: (s.student, s.lab))
+
+
+# --- make it gradable, honestly ---------------------------------------------------------------
+
+_GRADING_KEYS = ("grade", "grade_id", "locked", "points", "solution", "task")
+
+
+def repair(sub: Submission, release: dict) -> Submission:
+    """Fix what nbgrader would trip over, against the released notebook; note every change.
+
+    * nbgrader metadata removed or changed (points raised, a test cell unlocked): restored from
+      the release cell with the same cell id;
+    * duplicate cell ids (copied cells): the copies get new ids, the first keeps its id;
+    * stored outputs: dropped (autograding runs the notebook again; megabytes of old output
+      would only slow everything down);
+    * the kernel: the release's, so every submission runs in the course's environment.
+
+    Deleted or edited test cells are restored by nbgrader itself (``OverwriteCells``); they
+    are noted here so the grade row says so.
+    """
+    if not sub.gradable:
+        return sub
+    nb = copy.deepcopy(sub.notebook)
+    release_by_id = {c.get("id"): c for c in release["cells"] if c.get("id")}
+    release_tests = {_nbgrader(c)["grade_id"]: c for c in release["cells"]
+                     if _nbgrader(c).get("grade") and not _nbgrader(c).get("solution")}
+
+    seen, renumbered = set(), 0
+    for i, cell in enumerate(nb["cells"]):
+        cid = cell.get("id")
+        if cid in seen or not cid:
+            cell["id"] = f"{cid or 'cell'}-copy-{i}"
+            if _nbgrader(cell):
+                cell["metadata"].pop("nbgrader", None)  # a copy of a graded cell is not graded twice
+            renumbered += 1
+        seen.add(cell["id"])
+    if renumbered:
+        sub.notes.append(f"{renumbered} cell(s) with a duplicate or missing id (copied cells) got new ids")
+
+    restored, points = [], []
+    for cell in nb["cells"]:
+        ref = release_by_id.get(cell.get("id"))
+        if ref is None or not _nbgrader(ref):
+            continue
+        mine, theirs = _nbgrader(cell), _nbgrader(ref)
+        if {k: mine.get(k) for k in _GRADING_KEYS} != {k: theirs.get(k) for k in _GRADING_KEYS}:
+            if mine.get("points") not in (None, theirs.get("points")):
+                points.append(f"{theirs['grade_id']} ({mine.get('points')} -> {theirs.get('points')})")
+            else:
+                restored.append(theirs["grade_id"])
+            cell.setdefault("metadata", {})["nbgrader"] = copy.deepcopy(theirs)
+            cell["cell_type"] = ref["cell_type"]
+    if restored:
+        sub.notes.append(f"nbgrader metadata restored from the release on {len(restored)} cell(s)")
+    if points:
+        sub.notes.append("points changed in the submission, restored: " + ", ".join(points))
+
+    present = {_nbgrader(c).get("grade_id"): c for c in nb["cells"]}
+    deleted = [gid for gid in release_tests if gid not in present]
+    edited = [gid for gid, ref in release_tests.items()
+              if gid in present and _source(present[gid]).strip() != _source(ref).strip()]
+    if deleted:
+        sub.notes.append("test cell(s) deleted, put back by the autograder: " + ", ".join(deleted))
+    if edited:
+        sub.notes.append("read-only test cell(s) edited, restored by the autograder: " + ", ".join(edited))
+
+    output_bytes = 0
+    for cell in nb["cells"]:
+        if cell.get("cell_type") == "code":
+            output_bytes += len(json.dumps(cell.get("outputs", [])))
+            cell["outputs"], cell["execution_count"] = [], None
+        cell.setdefault("metadata", {})
+        if "source" not in cell:
+            cell["source"] = ""
+    if output_bytes > LARGE_OUTPUTS_BYTES:
+        sub.notes.append(f"{output_bytes / 1e6:.0f} MB of stored outputs dropped before grading")
+
+    nb["metadata"] = copy.deepcopy(release.get("metadata", {}))
+    nb["nbformat"], nb["nbformat_minor"] = release.get("nbformat", 4), release.get("nbformat_minor", 5)
+    sub.notebook = nb
+    return sub
+
+
+REDEFINED = re.compile(r"^\s*(?:(?:helpers|torch|math|np|numpy|builtins|__builtins__)\.[\w.]+|AssertionError|"
+                       r"isinstance|len|abs|all|any|print)\s*=(?!=)", re.MULTILINE)
+
+
+def redefinitions(nb: dict) -> list[str]:
+    """Lines in solution cells that rebind a library or builtin name the tests rely on (for a person to look at)."""
+    lines = []
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and not (_nbgrader(cell).get("grade") and not _nbgrader(cell).get("solution")):
+            lines += [m.group(0).strip() for m in REDEFINED.finditer(_source(cell))]
+    return lines

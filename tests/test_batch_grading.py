@@ -1,0 +1,204 @@
+"""Instructor workflow: collecting odd submissions, repairing them honestly, feedback without secrets, the bundle.
+
+The fast tests check each piece on its own. The `notebook`-marked test grades the whole
+bad-submission batch (tests/bad_submissions.py) with the one documented command and checks
+the grade row of every case.
+"""
+
+import copy
+import json
+import zipfile
+
+import nbformat
+import pytest
+
+from bad_submissions import LAB, build, correct_submission
+from conftest import REPO
+from helpers import batch_grading
+from helpers.feedback import HideHiddenTests, strip_region
+from helpers.student_bundle import build_bundle, bundle_files, check_bundle
+from helpers.submissions import (collect, lab_from_name, redefinitions, release_notebooks, repair,
+                                 student_from_flat_name)
+from notebook_tools import solution_notebook
+
+LABS = ["01_eval_mode", "02_torch_compile"]
+
+
+@pytest.mark.parametrize("stem, lab, student", [
+    ("Copy of 01_eval_mode", "01_eval_mode", ""),
+    ("01_eval_mode (1)", "01_eval_mode", ""),
+    ("alice_01_eval_mode (2)", "01_eval_mode", "alice"),
+    ("smithjane_12345_67890_02_torch_compile", "02_torch_compile", "smithjane_12345_67890"),
+    ("Bob Lee - 01-eval-mode", "01_eval_mode", "Bob Lee"),
+])
+def test_flat_file_names_give_the_lab_and_the_student(stem, lab, student):
+    assert lab_from_name(stem, LABS) == lab
+    assert student_from_flat_name(stem, lab) == student
+
+
+@pytest.fixture(scope="module")
+def releases():
+    return release_notebooks(REPO)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory, releases):
+    root = tmp_path_factory.mktemp("submissions")
+    expected = build(root)
+    subs = {s.student: s for s in collect(root, releases)}
+    return subs, expected
+
+
+def test_collect_gives_every_file_a_row_and_names_what_cannot_be_graded(collected):
+    subs, expected = collected
+    assert set(subs) == {e.student for e in expected}
+    assert "empty file" in subs["empty"].problem
+    assert "broken JSON" in subs["not_json"].problem
+    assert "whose submission" in subs["Copy of 01_eval_mode"].problem
+    assert subs["wrong_lab"].lab == LAB and "named for 02_torch_compile" in subs["wrong_lab"].notes[0]
+    assert subs["dana"].path.name == "dana_01_eval_mode (1).ipynb" and "2 files" in subs["dana"].notes[0]
+    assert all(subs[s].gradable for s in ("good", "stripped_metadata", "duplicate_ids", "kills_kernel"))
+
+
+def test_a_correct_submission_needs_no_repair(releases):
+    sub = collect_one(correct_submission(), releases)
+    assert sub.notes == [] and sub.gradable
+
+
+def collect_one(nb, releases, tmp_name="student"):
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / tmp_name / f"{LAB}.ipynb"
+        path.parent.mkdir()
+        path.write_text(json.dumps(nb), encoding="utf-8")
+        (sub,) = collect(Path(tmp), releases)
+        return repair(sub, releases[LAB])
+
+
+def _meta(nb, cell_id):
+    return next(c for c in nb["cells"] if c["id"] == cell_id)["metadata"].get("nbgrader", {})
+
+
+def test_repair_restores_metadata_and_points_from_the_release(releases):
+    nb = correct_submission()
+    for cell in nb["cells"]:
+        cell["metadata"].pop("nbgrader", None)
+    sub = collect_one(nb, releases)
+    assert _meta(sub.notebook, "test-ex11-tokenize")["points"] == 0.5
+    assert _meta(sub.notebook, "test-ex11-tokenize")["locked"] is True
+    assert any("metadata restored" in n for n in sub.notes)
+    nb = correct_submission()
+    next(c for c in nb["cells"] if c["id"] == "test-ex13-speedups")["metadata"]["nbgrader"]["points"] = 50
+    sub = collect_one(nb, releases)
+    assert _meta(sub.notebook, "test-ex13-speedups")["points"] == 0.5
+    assert any("(50 -> 0.5)" in n for n in sub.notes)
+
+
+def test_repair_renumbers_copied_cells_and_drops_stored_outputs(releases):
+    nb = correct_submission()
+    i = next(i for i, c in enumerate(nb["cells"]) if c["id"] == "ex13-speedups")
+    nb["cells"].insert(i + 1, copy.deepcopy(nb["cells"][i]))
+    nb["cells"][i]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "y" * 2_000_000}]
+    sub = collect_one(nb, releases)
+    ids = [c["id"] for c in sub.notebook["cells"]]
+    assert len(ids) == len(set(ids))
+    graded = [c for c in sub.notebook["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "ex13-speedups"]
+    assert len(graded) == 1, "a copied graded cell must not be graded twice"
+    assert all(not c.get("outputs") for c in sub.notebook["cells"] if c["cell_type"] == "code")
+    assert any("new ids" in n for n in sub.notes) and any("MB of stored outputs" in n for n in sub.notes)
+    nbformat.validate(nbformat.from_dict(sub.notebook))
+
+
+def test_repair_notes_deleted_and_edited_test_cells(releases):
+    nb = correct_submission()
+    nb["cells"] = [c for c in nb["cells"] if c["id"] != "test-ex11-tokenize"]
+    next(c for c in nb["cells"] if c["id"] == "test-ex12-modes")["source"] = "assert True"
+    sub = collect_one(nb, releases)
+    assert any("deleted" in n and "test-ex11-tokenize" in n for n in sub.notes)
+    assert any("edited" in n and "test-ex12-modes" in n for n in sub.notes)
+
+
+def test_redefinitions_of_library_and_builtin_names_are_flagged():
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": "math.isclose = lambda *a, **k: True\nx = 1\n"},
+                    {"cell_type": "code", "metadata": {}, "source": "def f():\n    len = 3\n    return len\n"},
+                    {"cell_type": "code", "metadata": {}, "source": "torch.allclose=lambda *a: True\nif a == b: pass"}]}
+    assert redefinitions(nb) == ["math.isclose =", "len =", "torch.allclose="]
+
+
+def test_feedback_hides_hidden_tests_their_tracebacks_and_mark_schemes():
+    sol = solution_notebook(LAB)
+    nb = nbformat.reads(json.dumps(sol), as_version=4)
+    test = next(c for c in nb.cells if c.id == "test-ex13-speedups")
+    test.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="use the median",
+                                           traceback=["Traceback ...", "    assert _sf['fast'] ...", "AssertionError"])]
+    out, _ = HideHiddenTests()(nb, {})  # called as nbconvert calls it: it must be enabled by default
+    text = json.dumps(out)
+    assert "BEGIN HIDDEN TESTS" not in text and "_Timing.from_times" not in text
+    assert "BEGIN SOLUTION" not in text and "Model answer (for graders" not in text
+    assert next(c for c in out.cells if c.id == "test-ex13-speedups").outputs[0]["traceback"] == [
+        "AssertionError: use the median"]
+    assert "Visible tests for Exercise 1.3" in text, "the visible tests stay"
+
+
+def test_strip_region_keeps_what_is_outside():
+    text = "a\n    ### BEGIN HIDDEN TESTS\n    secret\n    ### END HIDDEN TESTS\nb"
+    assert strip_region(text, "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS", "# hidden") == "a\n    # hidden\nb"
+
+
+def test_student_bundle_has_the_labs_and_helpers_and_no_instructor_material(tmp_path):
+    path = build_bundle(REPO, tmp_path / "bundle.zip")
+    names = set(zipfile.ZipFile(path).namelist())
+    assert {f"labs/{lab}/{lab}.ipynb" for lab in LABS} <= names
+    assert "helpers/__init__.py" in names and "uv.lock" in names and "helpers/data/qa_pairs.jsonl" in names
+    assert not [n for n in names if n.startswith(("solutions/", "tests/", ".ci/")) or "batch_grading" in n]
+    assert check_bundle(path, REPO) == []
+
+
+def test_bundle_check_catches_a_leaked_solution(tmp_path):
+    leaky = tmp_path / "leaky.zip"
+    with zipfile.ZipFile(leaky, "w") as archive:
+        for rel in bundle_files(REPO):
+            if rel.name != f"{LAB}.ipynb":
+                archive.write(REPO / rel, rel.as_posix())
+        archive.writestr(f"labs/{LAB}/{LAB}.ipynb", json.dumps(solution_notebook(LAB)))
+    problems = check_bundle(leaky, REPO)
+    assert any("BEGIN SOLUTION" in p for p in problems) and any("solution lines" in p for p in problems)
+
+
+def test_the_command_refuses_a_missing_folder_with_a_clear_message(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        batch_grading.main([str(tmp_path / "nope"), "--course", str(REPO)])
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.notebook
+def test_every_bad_submission_gets_a_grade_row_with_its_reason(tmp_path):
+    """The issue's list, graded in one batch with the documented command (2 jobs, 30 s per cell)."""
+    root = tmp_path / "collected"
+    expected = {e.student: e for e in build(root)}
+    out = tmp_path / "out"
+    code = batch_grading.main([str(root), "--course", str(REPO), "--out", str(out), "--jobs", "2",
+                               "--cell-timeout", "30"])
+    assert code == 0
+    import csv
+    rows = {r["student"]: r for r in csv.DictReader(open(out / "grades.csv", encoding="utf-8"))}
+    assert set(rows) == set(expected)
+    for student, exp in expected.items():
+        row = rows[student]
+        assert row["status"] == exp.status, (student, row)
+        score = float(row["auto_score"])
+        if isinstance(exp.score, tuple):
+            assert exp.score[0] < score < exp.score[1], (student, row)
+        else:
+            assert score == pytest.approx(exp.score), (student, row)
+        assert exp.reason in row["reason"], (student, exp.reason, row["reason"])
+        if exp.status == "graded":
+            assert float(row["auto_max"]) == 2.0 and float(row["manual_max"]) == 1.0, (student, row)
+    assert rows["good"]["reason"] == "", "a clean submission needs no remark"
+    assert rows["good"]["needs_manual_grading"] == "ex14-answer"
+    assert "redefinitions" in rows["redefines_isclose"]["needs_manual_grading"]
+    html = (out / "feedback" / "good" / f"{LAB}.html").read_text(encoding="utf-8")
+    assert "Visible tests for Exercise 1.3" in html
+    assert "BEGIN HIDDEN TESTS" not in html and "from_times" not in html and "Model answer" not in html
+    assert (out / "autograded" / "good" / f"{LAB}.ipynb").is_file()
