@@ -76,20 +76,38 @@ def _is_test(cell: dict) -> bool:
     return bool(meta.get("grade")) and not meta.get("solution")
 
 
-def _scratch_course(course: Path, work: Path, sub: Submission) -> tuple[Path, str]:
+def _env(threads: int) -> dict:
+    """Environment for nbgrader and its kernels: smoke profile, offline, a fixed number of CPU threads."""
+    env = dict(os.environ, LAB_PROFILE="smoke", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONWARNINGS="ignore", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def lab_template(course: Path, work: Path, lab: str) -> Path:
+    """A scratch course with ``lab`` generated once (its release and gradebook), copied for every submission."""
+    template = work / f"template-{lab}"
+    shutil.copytree(course / "solutions" / lab, template / "solutions" / lab)
+    shutil.copy(course / "nbgrader_config.py", template / "nbgrader_config.py")
+    made = _nbgrader(template, "generate_assignment", lab, "--force", timeout=600, env=_env(1))
+    if made.returncode != 0:
+        raise RuntimeError(f"could not prepare {lab} for grading: {_last_error(made.stdout + made.stderr)}")
+    return template
+
+
+def _scratch_course(template: Path, work: Path, sub: Submission) -> tuple[Path, str]:
     sid = safe_id(sub.student)
     scratch = Path(tempfile.mkdtemp(prefix=f"{sid}-{sub.lab}-", dir=work))
-    shutil.copytree(course / "solutions" / sub.lab, scratch / "solutions" / sub.lab)
-    shutil.copy(course / "nbgrader_config.py", scratch / "nbgrader_config.py")
+    shutil.copytree(template, scratch, dirs_exist_ok=True)
     target = scratch / "submitted" / sid / sub.lab / f"{sub.lab}.ipynb"
     target.parent.mkdir(parents=True)
     target.write_text(json.dumps(sub.notebook), encoding="utf-8")
     return scratch, sid
 
 
-def grade_one(sub: Submission, course: Path, out: Path, work: Path, *, cell_timeout: int, timeout: int,
+def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, cell_timeout: int, timeout: int,
               threads: int) -> tuple[dict, list[dict]]:
-    """Autograde one submission in a scratch course; return its grades-table row and per-cell rows."""
+    """Autograde one submission in a copy of its lab's template; return its grades-table row and per-cell rows."""
     start = time.perf_counter()
     row = {"student": sub.student, "lab": sub.lab, "file": str(sub.path.name if sub.path else ""),
            "auto_score": 0.0, "auto_max": "", "manual_max": "", "needs_manual_grading": "", "status": "not graded",
@@ -98,17 +116,16 @@ def grade_one(sub: Submission, course: Path, out: Path, work: Path, *, cell_time
         row["reason"] = "; ".join([sub.problem or "not gradable"] + sub.notes)
         row["seconds"] = 0.0
         return row, []
+    if template is None:
+        row.update(status="failed", reason="; ".join(["the lab could not be prepared for grading"] + sub.notes),
+                   seconds=0.0)
+        return row, []
     flagged = redefinitions(sub.notebook)
-    env = dict(os.environ, LAB_PROFILE="smoke", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONWARNINGS="ignore", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    scratch, sid = _scratch_course(course, work, sub)
+    env = _env(threads)
+    scratch, sid = _scratch_course(template, work, sub)
     notes = list(sub.notes)
     cells: list[dict] = []
     try:
-        made = _nbgrader(scratch, "generate_assignment", sub.lab, "--force", timeout=600, env=env)
-        if made.returncode != 0:
-            raise RuntimeError(f"could not prepare the lab for grading: {_last_error(made.stdout + made.stderr)}")
         try:
             graded = _nbgrader(scratch, "autograde", sub.lab, "--student", sid, "--force",
                                f"--Execute.timeout={int(cell_timeout)}", timeout=timeout, env=env)
@@ -129,7 +146,8 @@ def grade_one(sub: Submission, course: Path, out: Path, work: Path, *, cell_time
                 cells.append({"student": sub.student, "lab": sub.lab, "grade_id": g.name,
                               "score": g.auto_score if g.auto_score is not None else "",
                               "max_score": g.max_score, "needs_manual_grade": bool(g.needs_manual_grade)})
-        tests = {_grade_id(c) for c in sub.notebook["cells"] if _is_test(c)}
+        release = json.loads((template / "labs" / sub.lab / f"{sub.lab}.ipynb").read_text(encoding="utf-8"))
+        tests = {_grade_id(c) for c in release["cells"] if _is_test(c)}  # the release's, even if one was deleted
         auto = [c for c in cells if c["grade_id"] in tests]
         answers = [c for c in cells if c["grade_id"] not in tests]
         waiting = [c["grade_id"] for c in answers if c["needs_manual_grade"]]
@@ -192,8 +210,14 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
              f"{threads} thread(s) each")
     rows, cells = [], []
     with tempfile.TemporaryDirectory(prefix="batch-grading-") as work, ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = [pool.submit(grade_one, s, course, out, Path(work), cell_timeout=cell_timeout, timeout=timeout,
-                               threads=threads) for s in subs]
+        templates = {}
+        for lab in sorted({s.lab for s in subs if s.gradable}):
+            try:
+                templates[lab] = lab_template(course, Path(work), lab)
+            except RuntimeError as exc:
+                progress(f"  {exc}")
+        futures = [pool.submit(grade_one, s, templates.get(s.lab), out, Path(work), cell_timeout=cell_timeout,
+                               timeout=timeout, threads=threads) for s in subs]
         for future in futures:
             row, cell_rows = future.result()
             rows.append(row)

@@ -49,6 +49,8 @@ def correct_submission(lab: str = LAB) -> dict:
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if meta.get("solution") and cell["cell_type"] == "code":
             cell["source"] = source(answers[cell["id"]])
+        elif meta.get("solution"):  # a written answer: the student writes something for a person to grade
+            cell["source"] = "**Your answer:** my measurements show that the optimized variant is faster."
     return nb
 
 
