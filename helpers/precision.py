@@ -38,13 +38,23 @@ def number_formats() -> "pandas.DataFrame":  # noqa: F821
 
 @contextlib.contextmanager
 def tf32_matmuls() -> Iterator[None]:
-    """Allow TF32 for float32 matrix multiplications inside the block, then restore the setting.
+    """Allow TF32 for float32 matrix multiplications on CUDA inside the block, then restore the setting.
 
-    Uses ``torch.set_float32_matmul_precision("high")`` (the portable switch; on CPUs
-    with the matching instructions oneDNN may also use reduced-precision math).  The
-    older flag ``torch.backends.cuda.matmul.allow_tf32 = True`` does the same for CUDA;
-    do not mix the two styles in one process: recent PyTorch raises an error if you do.
+    Uses PyTorch's per-backend setting ``torch.backends.cuda.matmul.fp32_precision = "tf32"``
+    (PyTorch 2.9+), which leaves CPU math alone.  Older PyTorch has only the global switches
+    ``torch.set_float32_matmul_precision("high")`` and ``torch.backends.cuda.matmul.allow_tf32 = True``
+    (still common in code you will read); they are used there.  Recent PyTorch raises an
+    error when one process mixes the two styles, so a program should pick one.
     """
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        before = matmul.fp32_precision
+        matmul.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = before
+        return
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:
