@@ -34,7 +34,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .submissions import Submission, collect, redefinitions, release_notebooks, repair
+from .submissions import Submission, collect, is_test_cell, redefinitions, release_notebooks, repair
 
 COLUMNS = ["student", "lab", "status", "auto_score", "auto_max", "manual_max", "needs_manual_grading",
            "file", "reason", "seconds"]
@@ -65,15 +65,6 @@ def _cell_errors(nb: dict) -> list[str]:
                 found.append(f"{label} ({out.get('ename', 'Error')})")
                 break
     return found
-
-
-def _grade_id(cell: dict) -> str | None:
-    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
-
-
-def _is_test(cell: dict) -> bool:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    return bool(meta.get("grade")) and not meta.get("solution")
 
 
 def _env(threads: int) -> dict:
@@ -147,7 +138,8 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
                               "score": g.auto_score if g.auto_score is not None else "",
                               "max_score": g.max_score, "needs_manual_grade": bool(g.needs_manual_grade)})
         release = json.loads((template / "labs" / sub.lab / f"{sub.lab}.ipynb").read_text(encoding="utf-8"))
-        tests = {_grade_id(c) for c in release["cells"] if _is_test(c)}  # the release's, even if one was deleted
+        # The release's test cells, so a test cell the student deleted still counts as a test.
+        tests = {c["metadata"]["nbgrader"]["grade_id"] for c in release["cells"] if is_test_cell(c)}
         auto = [c for c in cells if c["grade_id"] in tests]
         answers = [c for c in cells if c["grade_id"] not in tests]
         waiting = [c["grade_id"] for c in answers if c["needs_manual_grade"]]

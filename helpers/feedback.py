@@ -17,6 +17,8 @@ from __future__ import annotations
 from nbconvert.preprocessors import Preprocessor
 from traitlets import Bool
 
+from .submissions import is_test_cell
+
 HIDDEN = ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
 SOLUTION = ("### BEGIN SOLUTION", "### END SOLUTION")
 
@@ -40,11 +42,6 @@ def strip_region(source: str, begin: str, end: str, replacement: str | None = No
     return "\n".join(kept)
 
 
-def _is_test_cell(cell) -> bool:
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    return bool(meta.get("grade")) and not meta.get("solution")
-
-
 class HideHiddenTests(Preprocessor):
     """Feedback preprocessor: hidden tests, their tracebacks and any mark scheme are left out."""
 
@@ -54,7 +51,7 @@ class HideHiddenTests(Preprocessor):
         cell.source = strip_region(cell.source, *HIDDEN, "# (hidden tests ran here; their code is not shown)")
         cell.source = strip_region(cell.source, *SOLUTION, "(model answer not shown)"
                                    if cell.cell_type == "markdown" else "# (model solution not shown)")
-        if cell.cell_type == "code" and _is_test_cell(cell):
+        if cell.cell_type == "code" and is_test_cell(cell):
             for output in cell.get("outputs", []):
                 if output.get("output_type") == "error":
                     output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]

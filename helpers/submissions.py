@@ -58,6 +58,12 @@ def _nbgrader(cell: dict) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {}) or {}
 
 
+def is_test_cell(cell: dict) -> bool:
+    """An autograded test cell: graded, and not a cell the student writes in."""
+    meta = _nbgrader(cell)
+    return bool(meta.get("grade")) and not meta.get("solution")
+
+
 def _source(cell: dict) -> str:
     src = cell.get("source", "")
     return "".join(src) if isinstance(src, list) else str(src)
@@ -194,8 +200,7 @@ def repair(sub: Submission, release: dict) -> Submission:
         return sub
     nb = copy.deepcopy(sub.notebook)
     release_by_id = {c.get("id"): c for c in release["cells"] if c.get("id")}
-    release_tests = {_nbgrader(c)["grade_id"]: c for c in release["cells"]
-                     if _nbgrader(c).get("grade") and not _nbgrader(c).get("solution")}
+    release_tests = {_nbgrader(c)["grade_id"]: c for c in release["cells"] if is_test_cell(c)}
 
     seen, renumbered = set(), 0
     for i, cell in enumerate(nb["cells"]):
@@ -261,6 +266,6 @@ def redefinitions(nb: dict) -> list[str]:
     """Lines in solution cells that rebind a library or builtin name the tests rely on (for a person to look at)."""
     lines = []
     for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code" and not (_nbgrader(cell).get("grade") and not _nbgrader(cell).get("solution")):
+        if cell.get("cell_type") == "code" and not is_test_cell(cell):
             lines += [m.group(0).strip() for m in REDEFINED.finditer(_source(cell))]
     return lines
