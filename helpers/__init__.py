@@ -14,6 +14,8 @@ Modules, one job each:
 * :mod:`helpers.gpu`          - copy bandwidth, CUDA graphs, kernel counts, host syncs, a profiler timeline
 * :mod:`helpers.precision`    - number formats, a TF32 switch
 * :mod:`helpers.roofline`     - counted FLOPs, MFU, the roofline floor
+* :mod:`helpers.onnx_models`  - ONNX export, what the file holds, ONNX Runtime sessions, int8
+* :mod:`helpers.deployment`   - the servers' build context, running them, latency, installed size, Dockerfiles
 """
 
 from .grading import quiet_stderr, self_check

@@ -244,8 +244,12 @@ def sentence_embeddings(output, attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def embed_texts(run: Callable[[dict], object], tokenizer, texts: Sequence[str], *,
-                batch_size: int = 32, max_length: int = 128, padding: bool | str = True) -> torch.Tensor:
+                batch_size: int = 32, max_length: int = 128, padding: bool | str = True,
+                pooled: bool = False) -> torch.Tensor:
     """Embed ``texts`` with ``run(inputs) -> model output``, batch by batch.
+
+    ``pooled=True`` when ``run`` already returns sentence embeddings (an exported model with
+    pooling inside, lab 06); otherwise its token vectors are mean-pooled and normalised here.
 
     ``run`` is the code under test (eval mode, reduced precision, a compiled or exported
     model...), so quality is measured on exactly what was timed.  ``padding="max_length"``
@@ -257,7 +261,8 @@ def embed_texts(run: Callable[[dict], object], tokenizer, texts: Sequence[str], 
     for i in range(0, len(texts), batch_size):
         batch = tokenizer(list(texts[i:i + batch_size]), padding=padding, truncation=True,
                           max_length=max_length, return_tensors="pt")
-        chunks.append(sentence_embeddings(run(batch), batch["attention_mask"]))
+        out = run(batch)
+        chunks.append(torch.as_tensor(out).float().cpu() if pooled else sentence_embeddings(out, batch["attention_mask"]))
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 

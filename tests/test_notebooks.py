@@ -23,6 +23,9 @@ pytestmark = pytest.mark.notebook
 @pytest.mark.parametrize("lab", LABS)
 def test_solution_runs_headless_in_the_smoke_profile(lab, tmp_path):
     out = tmp_path / f"{lab}.executed.ipynb"
+    # the files beside the notebook (lab 07's serving/), as a student's folder has them
+    shutil.copytree(REPO / "solutions" / lab, tmp_path, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.ipynb", "__pycache__", ".ipynb_checkpoints"))
     start = time.perf_counter()
     papermill.execute_notebook(str(REPO / "solutions" / lab / f"{lab}.ipynb"), str(out),
                                parameters={"LAB_PROFILE": "smoke"}, cwd=str(tmp_path),

@@ -46,10 +46,24 @@ def lab05_casts_in_place(nb: dict) -> dict:
     return _replace_in_cell(nb, "ex51-cast", "return copy.deepcopy(model).to(dtype)", "return model.to(dtype)")
 
 
+def lab06_exports_a_fixed_sequence_length(nb: dict) -> dict:
+    """Only the batch dimension is declared dynamic: the file accepts one sequence length only."""
+    return _replace_in_cell(nb, "ex61-export", "    dims = {0: batch, 1: sequence}", "    dims = {0: batch}")
+
+
+def lab07_times_the_warmup_too(nb: dict) -> dict:
+    """Warm-up requests are timed and returned with the others, so first-call costs leak into the tail."""
+    return _replace_in_cell(nb, "ex71-latency",
+                            "    for _ in range(warmup):\n        send()\n    durations = []\n    for _ in range(requests):",
+                            "    durations = []\n    for _ in range(warmup + requests):")
+
+
 WRONG_ANSWERS = {
     "01_eval_mode": lab01_forgets_train_mode,
     "02_torch_compile": lab02_warms_up_outside_inference_mode,
     "03_quantization": lab03_reports_megabytes,
     "04_gpu_inference": lab04_counts_with_autograd_on,
     "05_reduced_precision": lab05_casts_in_place,
+    "06_onnx_runtime": lab06_exports_a_fixed_sequence_length,
+    "07_deployment": lab07_times_the_warmup_too,
 }

@@ -1,0 +1,213 @@
+"""ONNX: export the encoder, look inside the file, and run it with ONNX Runtime.
+
+Lab 06 builds the export and the sessions step by step; lab 07 and the serving apps use
+the finished versions here.  The exported graph returns what a user wants from a sentence
+encoder: one unit-length embedding per sentence (mean pooling over real tokens, then L2
+normalisation), so a server needs nothing but a tokenizer and ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models import mean_pool
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "sentence_embedding"  # not "embedding": the exporter names a hidden value that (an SSA clash)
+
+# ONNX Runtime's optimization levels, by the names the labs use.
+LEVELS = ("disable", "basic", "extended", "all")
+
+
+class PooledEncoder(torch.nn.Module):
+    """``model`` plus pooling: (input_ids, attention_mask) -> normalised sentence embeddings."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``token_type_ids`` is accepted so a tokenizer's output can be passed as ``**batch``, and ignored:
+        for single sentences it is all zeros, and MPNet has no such input."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        return F.normalize(mean_pool(hidden, attention_mask), p=2, dim=1)
+
+
+@contextlib.contextmanager
+def quiet_export():
+    """Hide the exporter's progress lines and its known-harmless warnings; errors still surface."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        import logging
+        logger = logging.getLogger("torch.onnx")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+def export_onnx(model: torch.nn.Module, example: Mapping[str, torch.Tensor], path: str | Path, *,
+                external_data: bool = True, pooled: bool = True) -> Path:
+    """Export ``model`` with the current exporter (``dynamo=True``); batch and sequence stay symbolic.
+
+    ``example`` is a tokenized batch (``input_ids``, ``attention_mask``) used to trace the
+    graph; its sizes are *not* baked in.  ``external_data=False`` writes one self-contained
+    file (fine below ONNX's 2 GB protobuf limit); ``True`` (the exporter's default) puts
+    the weights in ``<file>.data`` beside it, and both files must travel together.
+    """
+    missing = [name for name in INPUT_NAMES if name not in example]
+    if missing:
+        raise ValueError(f"export_onnx() needs an example batch with {list(INPUT_NAMES)}; missing {missing}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module = PooledEncoder(model).eval() if pooled else model.eval()
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dims = {0: batch, 1: sequence}
+    with quiet_export():
+        torch.onnx.export(module, tuple(example[name] for name in INPUT_NAMES), str(path), dynamo=True,
+                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME] if pooled else None,
+                          dynamic_shapes={name: dims for name in INPUT_NAMES}, external_data=external_data)
+    return path
+
+
+def graph_dims(path: str | Path) -> dict[str, list[int | str]]:
+    """Each graph input and output with its dimensions: a name (symbolic) or a number (fixed)."""
+    import onnx
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {value.name: [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+            for value in list(graph.input) + list(graph.output)}
+
+
+def describe_file(path: str | Path) -> dict:
+    """What an ``.onnx`` file holds: its files and their sizes, opset, node count, most common operators."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    external = sorted({entry.value for tensor in model.graph.initializer if uses_external_data(tensor)
+                       for entry in tensor.external_data if entry.key == "location"})
+    files = {path.name: path.stat().st_size}
+    files.update({name: (path.parent / name).stat().st_size for name in external})
+    ops = Counter(node.op_type for node in model.graph.node)
+    return {
+        "files (bytes)": files,
+        "weights in": ", ".join(external) if external else "the .onnx file itself",
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "nodes": len(model.graph.node),
+        "initializers (weight tensors)": len(model.graph.initializer),
+        "most common operators": ", ".join(f"{op} x{n}" for op, n in ops.most_common(6)),
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+    }
+
+
+def providers(preferred: Sequence[str] = ("CUDAExecutionProvider", "CPUExecutionProvider")) -> list[str]:
+    """``preferred`` execution providers that this ONNX Runtime build has, in order; CPU always last."""
+    import onnxruntime as ort
+    available = set(ort.get_available_providers())
+    chosen = [name for name in preferred if name in available and name != "CPUExecutionProvider"]
+    return chosen + ["CPUExecutionProvider"]
+
+
+def level_of(name: str):
+    """The ``onnxruntime.GraphOptimizationLevel`` called ``name`` (one of :data:`LEVELS`)."""
+    import onnxruntime as ort
+    table = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    if name not in table:
+        raise ValueError(f"unknown optimization level {name!r}: use one of {list(LEVELS)}")
+    return table[name]
+
+
+def ort_session(path: str | Path, *, level: str = "all", provider_list: Sequence[str] | None = None,
+                optimized_path: str | Path | None = None, threads: int | None = None, spinning: bool = False):
+    """An ``onnxruntime.InferenceSession`` with explicit providers and optimization level.
+
+    ``optimized_path`` makes ONNX Runtime write the graph it optimized (offline mode);
+    ``threads`` sets its intra-op thread pool (``None``: ONNX Runtime's default, one per core).
+    ``spinning=False`` stops idle worker threads from busy-waiting (see the comment below).
+    """
+    import onnxruntime as ort
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}: export the model first")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level_of(level)
+    options.log_severity_level = 3  # errors only: keep the hardware-specific-file warning out of test output
+    if optimized_path is not None:
+        # The optimized graph gets weight files of its own (<name>.data): otherwise it points at the
+        # exported model's .data file by a relative path, and breaks when moved without it.
+        options.optimized_model_filepath = str(optimized_path)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         Path(optimized_path).name + ".data")
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    if not spinning:
+        # ONNX Runtime's worker threads busy-wait after each run by default, for lower latency in a
+        # process that does nothing else. Beside PyTorch or other sessions (every timing comparison
+        # in the labs) that spinning steals the cores the others need, and makes them look slow.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=list(provider_list or providers()))
+
+
+def timed_session(path: str | Path, **kwargs) -> tuple[object, float]:
+    """(session, seconds it took to create): the cold-start part ONNX Runtime controls."""
+    start = time.perf_counter()
+    session = ort_session(path, **kwargs)
+    return session, time.perf_counter() - start
+
+
+def feeds_of(batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A tokenized torch batch as the int64 numpy arrays an ONNX session takes."""
+    return {name: batch[name].numpy().astype(np.int64) for name in INPUT_NAMES}
+
+
+def session_embeddings(session, tokenizer, texts: Sequence[str], *, batch_size: int = 32,
+                       max_length: int = 128) -> torch.Tensor:
+    """Sentence embeddings of ``texts`` from an exported (pooled) model, as a float32 torch tensor."""
+    from .models import embed_texts
+    return embed_texts(lambda batch: session.run([OUTPUT_NAME], feeds_of(batch))[0], tokenizer, texts,
+                       batch_size=batch_size, max_length=max_length, pooled=True)
+
+
+def quantize_int8(path: str | Path, out: str | Path, *, per_channel: bool = True) -> Path:
+    """ONNX Runtime dynamic int8 quantization: int8 weights, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import logging
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" hint is printed as a root-logger warning
+    try:
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+    finally:
+        root.setLevel(level)
+    return Path(out)
+
+
+def scratch_dir(prefix: str = "onnx-") -> Path:
+    """A temporary folder for model files, removed when the Python process (the kernel) exits.
+
+    Exported models are tens to hundreds of MB; keeping them out of the notebook's folder keeps
+    them out of submissions, and removing them at exit keeps a graded class from filling a disk.
+    """
+    import atexit
+    import shutil
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

@@ -1,0 +1,180 @@
+"""Lab 07's two servers: both start, answer, agree, reject bad input with a 4xx, and shut down cleanly;
+the ONNX Runtime one runs without PyTorch; the Dockerfiles parse and copy only files that exist."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import REPO
+from helpers import deployment as dep
+
+SERVING = REPO / "solutions" / "07_deployment" / "serving"
+TOLERANCE = 1e-4  # the lab's stated tolerance between the two servers' embeddings
+TEXTS = ["How do I make a model faster at inference?", "Pinned memory speeds up host-to-device copies.",
+         "short"]
+
+
+@pytest.fixture(scope="module")
+def context(minilm, tmp_path_factory):
+    return dep.prepare_context(SERVING, tmp_path_factory.mktemp("deploy"), minilm)
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory):
+    """A folder whose `torch` package refuses to import: put first on PYTHONPATH, it proves torch is unused."""
+    folder = tmp_path_factory.mktemp("no-torch")
+    (folder / "torch").mkdir()
+    (folder / "torch" / "__init__.py").write_text('raise ImportError("this server must run without PyTorch")\n')
+    return folder
+
+
+@pytest.fixture(scope="module")
+def servers(context, no_torch):
+    """Both servers, started once for the module; stopped (and their shutdown recorded) at the end."""
+    onnx = dep.ServedApp("onnxruntime", context, PYTHONPATH=str(no_torch))
+    torch_app = dep.ServedApp("pytorch", context, EMBED_COMPILE="0")
+    with onnx, torch_app:
+        yield {"onnxruntime": onnx, "pytorch": torch_app}
+
+
+def _embed(app, payload):
+    return httpx.post(app.url + "/embed", json=payload, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "pytorch"])
+def test_each_server_reports_health_and_returns_unit_embeddings(servers, name):
+    health = httpx.get(servers[name].url + "/health").json()
+    assert health["status"] == "ok" and health["backend"] == name and health["dim"] == 384
+    reply = _embed(servers[name], {"texts": TEXTS})
+    assert reply.status_code == 200, reply.text
+    vectors = np.array(reply.json()["embeddings"])
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_both_servers_agree_and_match_the_course_embeddings(servers, minilm):
+    import helpers
+    got = {name: np.array(_embed(app, {"texts": TEXTS}).json()["embeddings"]) for name, app in servers.items()}
+    assert np.abs(got["onnxruntime"] - got["pytorch"]).max() < TOLERANCE
+    reference = helpers.encode(minilm, TEXTS).numpy()
+    assert np.abs(got["pytorch"] - reference).max() < TOLERANCE
+
+
+BAD_REQUESTS = {
+    "empty body": None,
+    "not JSON": b"texts=hello",
+    "texts is a string": {"texts": "hello"},
+    "a text is a number": {"texts": ["fine", 3]},
+    "no texts": {"texts": []},
+    "blank text": {"texts": ["   "]},
+    "unknown field": {"texts": ["a"], "normalize": False},
+    "too many texts": {"texts": ["a"] * 65},
+    "far beyond the model's length": {"texts": ["inference " * 5000]},
+}
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "pytorch"])
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_a_clear_4xx_and_the_server_stays_up(servers, name, case):
+    app, payload = servers[name], BAD_REQUESTS[case]
+    if payload is None or isinstance(payload, bytes):
+        reply = httpx.post(app.url + "/embed", content=payload or b"",
+                           headers={"content-type": "application/json"}, timeout=60)
+    else:
+        reply = _embed(app, payload)
+    assert 400 <= reply.status_code < 500, (case, reply.status_code, reply.text)
+    assert reply.json()["detail"], "the error says what was wrong"
+    assert _embed(app, {"texts": ["still alive?"]}).status_code == 200
+
+
+def test_a_too_long_text_is_rejected_with_its_token_count(servers):
+    reply = _embed(servers["onnxruntime"], {"texts": ["ok", "inference " * 600]})
+    assert reply.status_code == 422
+    assert "text 1 has" in reply.json()["detail"] and "512 tokens" in reply.json()["detail"]
+
+
+def test_servers_shut_down_cleanly_on_sigterm(context):
+    app = dep.ServedApp("onnxruntime", context)
+    with app:
+        assert _embed(app, {"texts": ["bye"]}).status_code == 200
+    assert app.shut_down_cleanly, (app.exit_code, app.log()[-1000:])
+
+
+def test_a_server_that_cannot_start_says_why(context, tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "app").mkdir(parents=True)
+    for file in ("common.py", "onnx_app.py"):
+        (broken / "app" / file).write_text((context / "app" / file).read_text())
+    (broken / "model").mkdir()  # no model files
+    with pytest.raises(RuntimeError, match="exited with code"):
+        with dep.ServedApp("onnxruntime", broken, startup_timeout=60):
+            pass
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.onnx", "Dockerfile.torch", "Dockerfile.bad"])
+def test_dockerfiles_parse_and_copy_only_files_that_exist(context, dockerfile):
+    assert dep.dockerfile_problems(context / "app" / dockerfile, context) == []
+
+
+def test_dockerfile_check_finds_missing_files_and_stages(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11-slim AS build\nFROM python:3.11-slim\nCOPY --from=builder /opt /opt\n"
+                   "COPY app/missing.py ./\nCMD [\"python\"]\n")
+    problems = dep.dockerfile_problems(bad, tmp_path)
+    assert any("--from=builder" in p for p in problems) and any("missing.py" in p for p in problems)
+    (tmp_path / "NoCmd").write_text("RUN echo hi\n")
+    assert len(dep.dockerfile_problems(tmp_path / "NoCmd", tmp_path)) == 2
+
+
+def test_good_dockerfiles_keep_the_practices_the_lab_teaches():
+    for name, app in (("Dockerfile.onnx", "onnx_app"), ("Dockerfile.torch", "torch_app")):
+        text = (SERVING / name).read_text()
+        assert text.count("\nFROM ") + text.startswith("FROM ") >= 2, f"{name}: multi-stage"
+        assert "-slim" in text and "\nUSER app" in text and "--require-hashes" in text and "HEALTHCHECK" in text
+        assert "COPY . " not in text and f"{app}:app" in text
+
+
+@pytest.mark.parametrize("app", ["onnx", "torch"])
+def test_locked_requirements_match_the_course_environment(app):
+    """The apps' lock files pin the versions the course (uv.lock) installs, so tests run what ships."""
+    pins = {}
+    for line in (SERVING / f"requirements-{app}.txt").read_text().splitlines():
+        if "==" in line and not line.startswith(" "):
+            name, version = line.split(" ")[0].split("==")
+            pins[name] = version
+    listed = {dep._normalise(n) for n in dep.requirement_names(SERVING / f"requirements-{app}.in")}
+    assert listed <= set(pins), "every top-level requirement is locked"
+    assert "torch" not in pins and not any(name.startswith("nvidia-") for name in pins)
+    for name, version in pins.items():
+        assert metadata.version(name) == version, f"{name}: locked {version}, course has {metadata.version(name)}"
+
+
+def test_footprints_follow_dependencies_and_leave_torch_out_of_the_onnx_app():
+    onnx = dep.dependency_footprint(dep.requirement_names(SERVING / "requirements-onnx.in"))
+    assert {"onnxruntime", "tokenizers", "fastapi", "starlette", "numpy"} <= {n.lower() for n in onnx.index}
+    assert "torch" not in {n.lower() for n in onnx.index}
+    torch_app = dep.dependency_footprint(["torch", *dep.requirement_names(SERVING / "requirements-torch.in")])
+    assert torch_app["MB"].sum() > onnx["MB"].sum() > 0
+    with pytest.raises(RuntimeError, match="not installed"):
+        dep.dependency_footprint(["no-such-package-here"])
+
+
+def test_latency_summary_percentiles():
+    summary = dep.latency_summary([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert summary["requests"] == 100 and summary["max (ms)"] == pytest.approx(100)
+    assert summary["p50 (ms)"] == pytest.approx(50.5) and summary["p99 (ms)"] == pytest.approx(99.01)
+    with pytest.raises(ValueError):
+        dep.latency_summary([])
+    with pytest.raises(ValueError):
+        dep.latency_summary([0.1, float("nan")])
+
+
+def test_the_no_torch_guard_is_real(context, no_torch):
+    """The guard used above stops a server that does import torch (so the ONNX server's pass means something)."""
+    with pytest.raises(RuntimeError, match="must run without PyTorch"):
+        with dep.ServedApp("pytorch", context, startup_timeout=60, PYTHONPATH=str(no_torch)):
+            pass
