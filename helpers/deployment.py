@@ -203,7 +203,7 @@ def dependency_footprint(names: Sequence[str]) -> "pandas.DataFrame":  # noqa: F
     """The installed size of ``names`` and everything they depend on, read from this environment.
 
     Walks each distribution's ``Requires-Dist`` (markers evaluated for this machine, extras
-    ignored) and adds up the files its ``RECORD`` lists: what ``pip install`` of those names
+    such as ``cuda-toolkit[cublas]`` followed) and adds up the files its ``RECORD`` lists: what ``pip install`` of those names
     puts in a fresh virtual environment with these same versions, without installing anything.
     """
     import pandas as pd
@@ -211,22 +211,29 @@ def dependency_footprint(names: Sequence[str]) -> "pandas.DataFrame":  # noqa: F
     from packaging.requirements import Requirement
 
     env = default_environment()
-    env["extra"] = ""
+
+    def wanted(req: Requirement, extras: set[str]) -> bool:
+        if req.marker is None:
+            return True
+        return any(req.marker.evaluate({**env, "extra": extra}) for extra in {"", *extras})
+
     seen: dict[str, metadata.Distribution] = {}
-    todo = [_normalise(n) for n in names]
+    extras_of: dict[str, set[str]] = {}
+    todo = [(_normalise(n), set()) for n in names]
     while todo:
-        name = todo.pop()
-        if name in seen:
+        name, extras = todo.pop()
+        if name in seen and extras <= extras_of[name]:
             continue
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            raise RuntimeError(f"{name} is not installed in this environment, so its size cannot be read") from None
-        seen[name] = dist
-        for spec in dist.requires or []:
+        extras_of[name] = extras_of.get(name, set()) | extras
+        if name not in seen:
+            try:
+                seen[name] = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                raise RuntimeError(f"{name} is not installed in this environment, so its size cannot be read") from None
+        for spec in seen[name].requires or []:
             req = Requirement(spec)
-            if req.marker is None or req.marker.evaluate(env):
-                todo.append(_normalise(req.name))
+            if wanted(req, extras_of[name]):
+                todo.append((_normalise(req.name), set(req.extras)))
     rows = []
     for name, dist in seen.items():
         size = 0
