@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import re
@@ -167,6 +169,28 @@ class ServedApp:
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+
+def stop_children(timeout: float = 5.0) -> list[int]:
+    """Stop every process this Python process started that is still running; return their pids.
+
+    A server started by hand and never stopped (an exercise half done, an interrupted cell)
+    would outlive the notebook's kernel. Importing this module registers this function to run
+    when the kernel exits, and lab 07 also calls it between experiments.
+    """
+    import psutil
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    return [child.pid for child in children]
+
+
+atexit.register(stop_children)
 
 
 # --- what a deployment is judged by -----------------------------------------------------

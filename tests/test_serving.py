@@ -178,3 +178,11 @@ def test_the_no_torch_guard_is_real(context, no_torch):
     with pytest.raises(RuntimeError, match="must run without PyTorch"):
         with dep.ServedApp("pytorch", context, startup_timeout=60, PYTHONPATH=str(no_torch)):
             pass
+
+
+def test_stop_children_stops_what_this_process_started():
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert child.pid in dep.stop_children(timeout=5)
+    assert child.wait(timeout=5) is not None
