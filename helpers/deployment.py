@@ -81,11 +81,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(app: str, port: int, python: str | None = None) -> list[str]:
+def server_command(app: str, port: int) -> list[str]:
     """The command that serves ``app`` ("pytorch" or "onnxruntime") with uvicorn on localhost."""
     if app not in APPS:
         raise ValueError(f"unknown app {app!r}: use one of {sorted(APPS)}")
-    return [python or sys.executable, "-m", "uvicorn", f"{APPS[app]}:app", "--host", "127.0.0.1",
+    return [sys.executable, "-m", "uvicorn", f"{APPS[app]}:app", "--host", "127.0.0.1",
             "--port", str(port), "--no-access-log"]
 
 
@@ -114,7 +114,6 @@ class ServedApp:
         self.env = server_env(context, **env)
         self.process: subprocess.Popen | None = None
         self.exit_code: int | None = None
-        self.startup_seconds: float | None = None
         self.log_path = self.context / f"{app}-{self.port}.log"
 
     def __enter__(self) -> "ServedApp":
@@ -131,7 +130,6 @@ class ServedApp:
                                    f"before answering:\n{self.log()[-2000:]}")
             try:
                 if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    self.startup_seconds = time.perf_counter() - start
                     return self
             except httpx.TransportError:
                 pass

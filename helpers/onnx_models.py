@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
+import logging
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -51,7 +51,6 @@ def quiet_export():
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        import logging
         logger = logging.getLogger("torch.onnx")
         level = logger.level
         logger.setLevel(logging.ERROR)
@@ -165,13 +164,6 @@ def ort_session(path: str | Path, *, level: str = "all", provider_list: Sequence
     return ort.InferenceSession(str(path), options, providers=list(provider_list or providers()))
 
 
-def timed_session(path: str | Path, **kwargs) -> tuple[object, float]:
-    """(session, seconds it took to create): the cold-start part ONNX Runtime controls."""
-    start = time.perf_counter()
-    session = ort_session(path, **kwargs)
-    return session, time.perf_counter() - start
-
-
 def feeds_of(batch: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """A tokenized torch batch as the int64 numpy arrays an ONNX session takes."""
     return {name: batch[name].numpy().astype(np.int64) for name in INPUT_NAMES}
@@ -188,7 +180,6 @@ def session_embeddings(session, tokenizer, texts: Sequence[str], *, batch_size: 
 def quantize_int8(path: str | Path, out: str | Path, *, per_channel: bool = True) -> Path:
     """ONNX Runtime dynamic int8 quantization: int8 weights, activations quantized at run time."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    import logging
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # its "consider pre-processing" hint is printed as a root-logger warning
