@@ -39,6 +39,14 @@ c.OverwriteCells.add_missing_cells = True
 # Autograde and validate in the smoke profile unless the instructor chose otherwise.
 if any(cmd in sys.argv[1:2] for cmd in ("autograde", "validate", "generate_feedback")):
     os.environ.setdefault("LAB_PROFILE", "smoke")
+# The same for every kernel nbgrader itself starts, however nbgrader was started: the command line
+# above, or JupyterLab's Validate button and the Formgrader (whose sys.argv is `jupyter-lab`). Each
+# such kernel runs this line first, so the lab's get_profile() sees "smoke" unless LAB_PROFILE was
+# set; students' own kernels are not touched. (The default extra argument is kept.)
+c.Execute.extra_arguments = [
+    "--HistoryManager.hist_file=:memory:",
+    "--IPKernelApp.exec_lines=['import os; os.environ.setdefault(\"LAB_PROFILE\", \"smoke\")']",
+]
 
 # Feedback shows each test's result, not the hidden tests' code, their tracebacks or a mark scheme
 # (nbgrader shows them by default: jupyter/nbgrader#917). See helpers/feedback.py.

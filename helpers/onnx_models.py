@@ -139,7 +139,9 @@ def ort_session(path: str | Path, *, level: str = "all", provider_list: Sequence
     """An ``onnxruntime.InferenceSession`` with explicit providers and optimization level.
 
     ``optimized_path`` makes ONNX Runtime write the graph it optimized (offline mode);
-    ``threads`` sets its intra-op thread pool (``None``: ONNX Runtime's default, one per core).
+    ``threads`` sets its intra-op thread pool; ``None`` gives it the count this process set for
+    torch (``helpers.use_threads`` in a lab's setup cell), never ONNX Runtime's own default of one
+    thread per core: both engines are then timed with the same number of threads.
     ``spinning=False`` stops idle worker threads from busy-waiting (see the comment below).
     """
     import onnxruntime as ort
@@ -154,8 +156,7 @@ def ort_session(path: str | Path, *, level: str = "all", provider_list: Sequence
         options.optimized_model_filepath = str(optimized_path)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          Path(optimized_path).name + ".data")
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
+    options.intra_op_num_threads = int(threads) if threads is not None else torch.get_num_threads()
     if not spinning:
         # ONNX Runtime's worker threads busy-wait after each run by default, for lower latency in a
         # process that does nothing else. Beside PyTorch or other sessions (every timing comparison

@@ -26,10 +26,21 @@ class QAPair:
     answer: str
 
 
-def load_qa_pairs() -> list[QAPair]:
-    """The course's question -> answer pairs, in file order (question i is answered by answer i)."""
+def load_qa_pairs(limit: int | None = None) -> list[QAPair]:
+    """The course's question -> answer pairs, in file order (question i is answered by answer i).
+
+    ``limit`` keeps a fixed slice of them, spread over the topics (every k-th pair, so the slice
+    still mixes topics): the smoke profile's ``eval_pairs``, a smoke test of the quality code,
+    not a quality figure. ``None`` gives them all.
+    """
     text = resources.files("helpers").joinpath("data/qa_pairs.jsonl").read_text(encoding="utf-8")
-    return [QAPair(**json.loads(line)) for line in text.splitlines() if line.strip()]
+    pairs = [QAPair(**json.loads(line)) for line in text.splitlines() if line.strip()]
+    if limit is None or int(limit) >= len(pairs):
+        return pairs
+    if int(limit) < 2:
+        raise ValueError(f"a retrieval slice needs at least 2 pairs (one right answer, one distractor), got {limit!r}")
+    step = len(pairs) / int(limit)
+    return [pairs[int(i * step)] for i in range(int(limit))]
 
 
 def _as_2d(x: torch.Tensor, name: str) -> torch.Tensor:

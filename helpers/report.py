@@ -62,8 +62,51 @@ def environment_caption(table: pd.DataFrame) -> str:
     env = table.attrs.get("env", {})
     if not env:
         return ""
-    return (f"{env.get('device_name', '?')} ({env.get('device', '?')}), {env.get('cpu_threads')} CPU thread(s), "
+    features = f" [{env['cpu_features']}]" if env.get("cpu_features") else ""
+    return (f"{env.get('device_name', '?')}{features} ({env.get('device', '?')}), {env.get('cpu_threads')} CPU thread(s), "
             f"torch {env.get('torch', '?')}; speedup vs '{table.attrs.get('baseline')}' in the same run")
+
+
+def _overlaps(table: pd.DataFrame, a: str, b: str) -> bool:
+    """Whether two variants' p25-p75 ranges overlap (then the run does not show they differ)."""
+    return not (table.loc[a, P75] < table.loc[b, P25] or table.loc[b, P75] < table.loc[a, P25])
+
+
+def verdict(table: pd.DataFrame, *, fact: str | None = None, quality: str | None = "cosine mean") -> str:
+    """What this run's table says, in words: read from its numbers, so it holds on every machine.
+
+    Names the fastest variant and its speedup over the baseline, says whether the difference is
+    larger than the spread (p25-p75 ranges apart) or not, names variants that were *slower*
+    than the baseline beyond the spread, quotes the fastest variant's ``quality`` column, and
+    ends with ``fact`` (the hardware fact that explains the result, e.g. ``helpers.cpu_bf16().reason``).
+    """
+    baseline = table.attrs.get("baseline", table.index[0])
+    env = table.attrs.get("env", {})
+    where = f"{env.get('device_name', 'this machine')}, {env.get('cpu_threads', '?')} thread(s)"
+    fastest = table[MEDIAN].idxmin()
+    base_ms = table.loc[baseline, MEDIAN]
+    parts = []
+    if fastest == baseline:
+        parts.append(f"On this run ({where}) no variant beat the baseline '{baseline}' ({base_ms:.2f} ms).")
+    else:
+        ratio = base_ms / table.loc[fastest, MEDIAN]
+        real = ("the p25-p75 ranges overlap, so this run does not show a real difference"
+                if _overlaps(table, fastest, baseline) else "outside the spread (the p25-p75 ranges do not overlap)")
+        parts.append(f"On this run ({where}) '{fastest}' was fastest: {table.loc[fastest, MEDIAN]:.2f} ms against "
+                     f"{base_ms:.2f} ms for '{baseline}', {ratio:.2f}x; {real}.")
+        ties = [n for n in table.index if n not in (fastest, baseline) and _overlaps(table, n, fastest)]
+        if ties:
+            parts.append("Within the spread of the fastest: " + ", ".join(f"'{n}'" for n in ties) + ".")
+    slower = [n for n in table.index if n != baseline and table.loc[n, MEDIAN] > base_ms
+              and not _overlaps(table, n, baseline)]
+    if slower:
+        parts.append("Slower than the baseline beyond the spread: "
+                     + ", ".join(f"'{n}' ({table.loc[n, SPEEDUP]:.2f}x)" for n in slower) + ".")
+    if quality and quality in table.columns and pd.notna(table.loc[fastest, quality]):
+        parts.append(f"Its {quality}: {table.loc[fastest, quality]:.4f}.")
+    if fact:
+        parts.append(fact.rstrip(".") + ".")
+    return " ".join(parts)
 
 
 def styled(table: pd.DataFrame):

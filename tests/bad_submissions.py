@@ -1,9 +1,14 @@
-"""Bad (and oddly named) submissions, generated from the real lab 01 notebooks, with the grade each must get.
+"""Bad (and oddly named) submissions, with the grade each must get.
 
 Each fixture writes one file into a collected-submissions folder, laid out as an LMS or
 Colab download would be, and says what the batch grader must report for it: the status,
-the automatic score (lab 01 has 2.0 automatic points, 1.0 manual), and a phrase of the
-reason. Lab 01 is used because it grades fastest; the defences are the same for every lab.
+the automatic score (2.0 automatic points, 1.0 manual), and a phrase of the reason.
+
+They are built from a lab with lab 01's layout (cell ids, points, hidden tests, a written
+answer): lab 01 itself for the fast collect/repair tests, and the two-second stand-in course
+in ``tests/fixture_course`` (``fx01_speedups``, ``fx02_other``) for grading the whole batch,
+since the defences are the same for every lab and a real lab costs seconds per submission.
+Every real lab is graded on its own (solution, release, wrong answer) in test_notebooks.py.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import REPO
 from notebook_tools import release_notebook, solution_notebook, source
 
 LAB = "01_eval_mode"
-FULL = 2.0  # lab 01's automatic points
+OTHER_LAB = "02_torch_compile"
+FIXTURE_COURSE = REPO / "tests" / "fixture_course"
+FIXTURE_LAB, FIXTURE_OTHER_LAB = "fx01_speedups", "fx02_other"
+FULL = 2.0  # automatic points of lab 01 and of the stand-in
 
 
 @dataclass(frozen=True)
@@ -41,9 +50,9 @@ def _edit(nb: dict, cell_id: str, old: str, new: str) -> dict:
     return nb
 
 
-def correct_submission(lab: str = LAB) -> dict:
+def correct_submission(lab: str = LAB, course: Path = REPO) -> dict:
     """What a student who solved every exercise hands in: the release, with the solution code typed in."""
-    nb, sol = release_notebook(lab), solution_notebook(lab)
+    nb, sol = release_notebook(lab, course), solution_notebook(lab, course)
     answers = {c["id"]: c for c in sol["cells"]}
     for cell in nb["cells"]:
         meta = cell.get("metadata", {}).get("nbgrader", {})
@@ -64,9 +73,9 @@ def _write(root: Path, rel: str, nb_or_text) -> None:
 SPEEDUPS = "    base = timings[baseline].median\n"
 
 
-def build(root: Path) -> list[Expected]:
-    """Write every fixture under ``root``; return what the grader must say about each."""
-    sol, rel = correct_submission(), release_notebook(LAB)
+def build(root: Path, course: Path = REPO, lab: str = LAB, other_lab: str = OTHER_LAB) -> list[Expected]:
+    """Write every fixture of ``lab`` (in ``course``) under ``root``; return what the grader must say about each."""
+    sol, rel = correct_submission(lab, course), release_notebook(lab, course)
     expected = []
 
     def add(student, rel_path, nb_or_text, status, score, reason=""):
@@ -75,55 +84,55 @@ def build(root: Path) -> list[Expected]:
             os.utime(root / rel_path, (time.time() + 60, time.time() + 60))
         expected.append(Expected(student, status, score, reason))
 
-    add("good", "good/Copy of 01_eval_mode.ipynb", sol, "graded", FULL)
-    add("syntax_error", "syntax_error/01_eval_mode.ipynb",
+    add("good", f"good/Copy of {lab}.ipynb", sol, "graded", FULL)
+    add("syntax_error", f"syntax_error/{lab}.ipynb",
         _edit(copy.deepcopy(sol), "ex13-speedups", "def speedups(timings, baseline):", "def speedups(timings, baseline)"),
         "graded", (0.0, FULL), "SyntaxError")
-    add("infinite_loop", "infinite_loop/01_eval_mode.ipynb",
+    add("infinite_loop", f"infinite_loop/{lab}.ipynb",
         _edit(copy.deepcopy(sol), "ex13-speedups", "def speedups(timings, baseline):",
               "while True:  # never ends: the cell is stopped after the time limit\n    pass\n\n\n"
               "def speedups(timings, baseline):"),
         "graded", (0.0, FULL), "interrupted")
-    add("kills_kernel", "kills_kernel/01_eval_mode.ipynb",
+    add("kills_kernel", f"kills_kernel/{lab}.ipynb",
         _edit(copy.deepcopy(sol), "ex13-speedups", "# Step 1:", "import os\nos._exit(1)\n# Step 1:"),
         "failed", 0.0, "kernel")
     deleted = copy.deepcopy(sol)
     deleted["cells"] = [c for c in deleted["cells"] if c.get("id") != "test-ex11-tokenize"]
-    add("deleted_test", "deleted_test/01_eval_mode.ipynb", deleted, "graded", FULL, "deleted")
+    add("deleted_test", f"deleted_test/{lab}.ipynb", deleted, "graded", FULL, "deleted")
     edited = copy.deepcopy(rel)
     _cell(edited, "test-ex11-tokenize")["source"] = "assert True\nprint('Exercise 1.1: visible tests passed')"
-    add("edited_test", "edited_test/01_eval_mode.ipynb", edited, "graded", 0.0, "edited")
+    add("edited_test", f"edited_test/{lab}.ipynb", edited, "graded", 0.0, "edited")
     stripped = copy.deepcopy(sol)
     for cell in stripped["cells"]:
         cell.get("metadata", {}).pop("nbgrader", None)
-    add("stripped_metadata", "stripped_metadata/01_eval_mode.ipynb", stripped, "graded", FULL, "metadata restored")
+    add("stripped_metadata", f"stripped_metadata/{lab}.ipynb", stripped, "graded", FULL, "metadata restored")
     points = copy.deepcopy(sol)
     for cell in points["cells"]:
         if cell.get("metadata", {}).get("nbgrader", {}).get("points"):
             cell["metadata"]["nbgrader"]["points"] = 100
-    add("points_changed", "points_changed/01_eval_mode.ipynb", points, "graded", FULL, "points changed")
+    add("points_changed", f"points_changed/{lab}.ipynb", points, "graded", FULL, "points changed")
     cheat = _edit(copy.deepcopy(sol), "ex13-speedups", SPEEDUPS + "    return {name: base / timing.median",
                   "    base = sum(timings[baseline].times) / timings[baseline].runs  # the mean, not the median\n"
                   "    return {name: base / (sum(timing.times) / timing.runs)")
     cheat = _edit(cheat, "ex13-speedups", "# Step 1:", "math.isclose = lambda *args, **kwargs: True\n# Step 1:")
-    add("redefines_isclose", "redefines_isclose/01_eval_mode.ipynb", cheat, "graded", FULL - 0.5, "math.isclose")
+    add("redefines_isclose", f"redefines_isclose/{lab}.ipynb", cheat, "graded", FULL - 0.5, "math.isclose")
     noisy = _edit(copy.deepcopy(sol), "ex13-speedups", SPEEDUPS,
                   "    import sys, warnings\n    from tqdm.auto import tqdm\n"
                   "    warnings.warn('computing speedups')\n    print('working...', file=sys.stderr)\n"
                   "    for _ in tqdm(range(3), desc='speedups'):\n        pass\n" + SPEEDUPS)
-    add("noisy_stderr", "noisy_stderr/01_eval_mode.ipynb", noisy, "graded", FULL)
-    add("not_json", "not_json/01_eval_mode.ipynb", '{"cells": [ this is not json', "not graded", 0.0, "broken JSON")
-    add("empty", "empty/01_eval_mode.ipynb", "", "not graded", 0.0, "empty file")
-    add("wrong_lab", "wrong_lab/02_torch_compile.ipynb", sol, "graded", FULL, "named for 02_torch_compile")
+    add("noisy_stderr", f"noisy_stderr/{lab}.ipynb", noisy, "graded", FULL)
+    add("not_json", f"not_json/{lab}.ipynb", '{"cells": [ this is not json', "not graded", 0.0, "broken JSON")
+    add("empty", f"empty/{lab}.ipynb", "", "not graded", 0.0, "empty file")
+    add("wrong_lab", f"wrong_lab/{other_lab}.ipynb", sol, "graded", FULL, f"named for {other_lab}")
     dup = copy.deepcopy(sol)
     index = next(i for i, c in enumerate(dup["cells"]) if c.get("id") == "ex13-speedups")
     dup["cells"].insert(index + 1, copy.deepcopy(dup["cells"][index]))  # a copied cell keeps id and metadata
-    add("duplicate_ids", "duplicate_ids/01_eval_mode.ipynb", dup, "graded", FULL, "new ids")
+    add("duplicate_ids", f"duplicate_ids/{lab}.ipynb", dup, "graded", FULL, "new ids")
     huge = copy.deepcopy(sol)
     _cell(huge, "ex13-speedups")["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x" * 30_000_000}]
-    add("huge_outputs", "huge_outputs/01_eval_mode.ipynb", huge, "graded", FULL, "stored outputs dropped")
+    add("huge_outputs", f"huge_outputs/{lab}.ipynb", huge, "graded", FULL, "stored outputs dropped")
     # Flat files as an LMS names them: a student prefix, and a second download "(1)" that is newer.
-    add("dana", "dana_01_eval_mode.ipynb", rel, "graded", FULL, "2 files")
-    add("dana", "dana_01_eval_mode (1).ipynb", sol, "graded", FULL, "2 files")
-    add("Copy of 01_eval_mode", "Copy of 01_eval_mode.ipynb", sol, "not graded", 0.0, "whose submission")
+    add("dana", f"dana_{lab}.ipynb", rel, "graded", FULL, "2 files")
+    add("dana", f"dana_{lab} (1).ipynb", sol, "graded", FULL, "2 files")
+    add(f"Copy of {lab}", f"Copy of {lab}.ipynb", sol, "not graded", 0.0, "whose submission")
     return expected

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,6 +35,45 @@ def minilm():
     """The trained fallback encoder (from the PyPI package), loaded once per test session."""
     import helpers
     return helpers.load_encoder(helpers.FALLBACK_MODEL, verbose=False)
+
+
+# --- what each lab costs: recorded by the notebook tests, printed at the end of the run ------------
+
+RUN_ID_ENV = "COURSE_TEST_RUN_ID"
+
+
+def pytest_configure(config):
+    os.environ.setdefault(RUN_ID_ENV, uuid.uuid4().hex[:12])  # the controller's; xdist workers inherit it
+
+
+def _costs_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"course-test-costs-{os.environ[RUN_ID_ENV]}"
+
+
+def record_cost(lab: str, figures: dict) -> None:
+    """Note seconds spent on ``lab`` (any worker process); the run's last lines show them as a table."""
+    folder = _costs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{lab}.json"
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**old, **figures}), encoding="utf-8")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if hasattr(config, "workerinput"):
+        return  # a worker: the controller prints the table
+    folder = _costs_dir()
+    rows = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    if not rows:
+        return
+    columns = sorted({c for figures in rows.values() for c in figures})
+    width = max(len(lab) for lab in rows)
+    terminalreporter.section("cost per lab (seconds, this run; smoke profile, 1 thread, 2 labs at a time)")
+    terminalreporter.write_line(" | ".join([f"{'lab':<{width}}"] + columns))
+    for lab, figures in rows.items():
+        terminalreporter.write_line(" | ".join([f"{lab:<{width}}"] + [f"{figures.get(c, ''):>{len(c)}}" for c in columns]))
+    import shutil
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

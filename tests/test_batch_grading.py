@@ -1,8 +1,9 @@
 """Instructor workflow: collecting odd submissions, repairing them honestly, feedback without secrets, the bundle.
 
-The fast tests check each piece on its own. The `notebook`-marked test grades the whole
-bad-submission batch (tests/bad_submissions.py) with the one documented command and checks
-the grade row of every case.
+The fast tests check each piece on its own. The `notebook`-marked tests grade the whole
+bad-submission batch (tests/bad_submissions.py) with the one documented command, on the
+two-second stand-in lab of tests/fixture_course, and check the grade row of every case; and
+grade one correct submission of a real lab (01) the same way, feedback included, timed.
 """
 
 import copy
@@ -12,7 +13,7 @@ import zipfile
 import nbformat
 import pytest
 
-from bad_submissions import LAB, build, correct_submission
+from bad_submissions import FIXTURE_COURSE, FIXTURE_LAB, FIXTURE_OTHER_LAB, LAB, build, correct_submission
 from conftest import REPO
 from helpers import batch_grading
 from helpers.feedback import HideHiddenTests, strip_region
@@ -172,14 +173,33 @@ def test_the_command_refuses_a_missing_folder_with_a_clear_message(tmp_path, cap
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def fixture_course(tmp_path_factory):
+    """The two-lab stand-in course (tests/fixture_course) with its releases generated and the real config."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import venv_env
+    course = tmp_path_factory.mktemp("fixture-course")
+    shutil.copytree(FIXTURE_COURSE / "solutions", course / "solutions")
+    shutil.copy(REPO / "nbgrader_config.py", course / "nbgrader_config.py")
+    for lab in (FIXTURE_LAB, FIXTURE_OTHER_LAB):
+        run = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", lab, "--force", "--no-db"],
+                             cwd=course, env=venv_env(), capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+    return course
+
+
 @pytest.mark.notebook
-def test_every_bad_submission_gets_a_grade_row_with_its_reason(tmp_path):
-    """The issue's list, graded in one batch with the documented command (2 jobs, 30 s per cell)."""
+def test_every_bad_submission_gets_a_grade_row_with_its_reason(tmp_path, fixture_course):
+    """The issue's list, graded in one batch with the documented command (2 jobs, 5 s per cell),
+    on the stand-in lab: the same defences as a real lab, at a fraction of the cost."""
     root = tmp_path / "collected"
-    expected = {e.student: e for e in build(root)}
+    expected = {e.student: e for e in build(root, fixture_course, FIXTURE_LAB, FIXTURE_OTHER_LAB)}
     out = tmp_path / "out"
-    code = batch_grading.main([str(root), "--course", str(REPO), "--out", str(out), "--jobs", "2",
-                               "--cell-timeout", "30"])
+    code = batch_grading.main([str(root), "--course", str(fixture_course), "--out", str(out), "--jobs", "2",
+                               "--cell-timeout", "5"])
     assert code == 0
     import csv
     rows = {r["student"]: r for r in csv.DictReader(open(out / "grades.csv", encoding="utf-8"))}
@@ -198,7 +218,27 @@ def test_every_bad_submission_gets_a_grade_row_with_its_reason(tmp_path):
     assert rows["good"]["reason"] == "", "a clean submission needs no remark"
     assert rows["good"]["needs_manual_grading"] == "ex14-answer"
     assert "redefinitions" in rows["redefines_isclose"]["needs_manual_grading"]
-    html = (out / "feedback" / "good" / f"{LAB}.html").read_text(encoding="utf-8")
+    html = (out / "feedback" / "good" / f"{FIXTURE_LAB}.html").read_text(encoding="utf-8")
     assert "Visible tests for Exercise 1.3" in html
-    assert "BEGIN HIDDEN TESTS" not in html and "from_times" not in html and "Model answer" not in html
-    assert (out / "autograded" / "good" / f"{LAB}.ipynb").is_file()
+    assert "BEGIN HIDDEN TESTS" not in html and "use the median, not the mean" not in html and "Model answer" not in html
+    assert (out / "autograded" / "good" / f"{FIXTURE_LAB}.ipynb").is_file()
+
+
+@pytest.mark.notebook
+def test_one_real_lab_grades_through_the_batch_command(tmp_path):
+    """The instructor's one command on a real lab (lab 01, a correct submission), feedback included: timed."""
+    import time
+
+    from conftest import record_cost
+    root = tmp_path / "collected"
+    path = root / "alice" / f"{LAB}.ipynb"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(correct_submission()), encoding="utf-8")
+    start = time.perf_counter()
+    code = batch_grading.main([str(root), "--course", str(REPO), "--out", str(tmp_path / "out"), "--jobs", "1"])
+    record_cost(LAB, {"batch-grade 1 submission (s)": round(time.perf_counter() - start, 1)})
+    assert code == 0
+    import csv
+    (row,) = list(csv.DictReader(open(tmp_path / "out" / "grades.csv", encoding="utf-8")))
+    assert row["status"] == "graded" and float(row["auto_score"]) == 2.0, row
+    assert (tmp_path / "out" / "feedback" / "alice" / f"{LAB}.html").is_file()

@@ -157,3 +157,20 @@ def test_package_installs_without_the_repository(tmp_path):
     requires = [ln for ln in archive.read(metadata).decode().splitlines() if ln.startswith("Requires-Dist:")]
     assert not any("nbgrader" in ln or "jupyterlab" in ln for ln in requires), "Colab installs only what helpers needs"
     assert any(ln.startswith("Requires-Dist: torch") for ln in requires)
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_every_lab_sets_one_thread_count_in_its_setup_cell(lab):
+    """Thread hygiene: the profile's count is set once, before any timing, compiling or probe."""
+    cells = [source(c) for c in solution_notebook(lab)["cells"] if c["cell_type"] == "code"]
+    setup = next(i for i, text in enumerate(cells) if "helpers.get_profile(" in text)
+    assert "helpers.use_threads(P.threads)" in cells[setup], f"{lab}: call helpers.use_threads(P.threads) in the setup cell"
+    assert not any("torch.set_num_threads(" in text for text in cells), f"{lab}: set threads with helpers.use_threads only"
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_every_test_cell_holds_back_stderr(lab):
+    """nbgrader scores a test cell 0 if it writes to stderr: each test's work runs inside helpers.quiet_stderr()."""
+    for cell in autograded_cells(solution_notebook(lab)):
+        lines = [ln for ln in source(cell).splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "import ", "from "))]
+        assert lines and "quiet_stderr(" in lines[0], f"{lab}/{nbgrader(cell)['grade_id']}: start with `with helpers.quiet_stderr():`"

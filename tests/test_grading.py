@@ -110,3 +110,23 @@ def test_self_check_finds_the_open_notebook_from_the_jupyter_session(tmp_path, m
     monkeypatch.setenv("JPY_SESSION_NAME", "course/labs/lab.ipynb")  # relative to the server root
     (result,) = helpers.self_check()  # found the notebook: one visible test ran
     assert result.passed and result.grade_id == "t0"
+
+
+def test_kernels_nbgrader_starts_run_smoke_however_nbgrader_was_started(monkeypatch):
+    """JupyterLab's Validate button and the Formgrader load nbgrader_config.py with sys.argv = jupyter-lab:
+    their kernels must still run the smoke profile (students' own kernels are not touched)."""
+    import nbformat
+    from nbgrader.preprocessors import Execute
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from conftest import REPO
+    monkeypatch.delenv("LAB_PROFILE", raising=False)
+    monkeypatch.setattr("sys.argv", ["jupyter-lab"])
+    loader = PyFileConfigLoader("nbgrader_config.py", path=str(REPO))
+    config = loader.load_config()
+    import os
+    assert "LAB_PROFILE" not in os.environ, "loading the config must not change this process's profile"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; print(os.environ.get('LAB_PROFILE'))")])
+    out, _ = Execute(config=Config(config)).preprocess(nb, {})
+    assert out.cells[0].outputs[0]["text"].strip() == "smoke"

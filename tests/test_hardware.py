@@ -75,3 +75,38 @@ def test_cpp_compiler_check_says_what_to_install_when_missing(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
     check = helpers.cpp_compiler()
     assert check.ok and "/usr/bin/g++" in check.reason
+
+
+def test_cpu_features_name_the_instructions_that_flip_results(monkeypatch, tmp_path):
+    from helpers import hardware
+    features = hardware.cpu_features()
+    assert set(features) == set(hardware.CPU_FEATURES) and all(isinstance(v, bool) for v in features.values())
+    label = hardware.machine_label()
+    assert "[" in label and label.endswith("]")
+    # the two kinds of box the course runs on, as /proc/cpuinfo lists them
+    avx2_only = "flags\t\t: fpu sse2 avx avx2 fma\n"
+    avx512 = "flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
+    real_open = open
+
+    def fake(text):
+        def opener(path, *args, **kwargs):
+            if str(path) == "/proc/cpuinfo":
+                import io
+                return io.StringIO(text)
+            return real_open(path, *args, **kwargs)
+        return opener
+
+    monkeypatch.setattr("builtins.open", fake(avx2_only))
+    assert hardware.cpu_flags_text() == "avx2"
+    assert not hardware.cpu_bf16().ok and "no bf16 instructions (flags: avx2)" in hardware.cpu_bf16().reason
+    assert not hardware.cpu_int8_dot().ok
+    monkeypatch.setattr("builtins.open", fake(avx512))
+    assert hardware.cpu_flags_text() == "avx2 avx512f avx512_vnni avx512_bf16"
+    assert hardware.cpu_bf16().ok and "avx512_bf16" in hardware.cpu_bf16().reason
+    assert hardware.cpu_int8_dot().ok
+
+
+def test_every_timing_records_the_cpu_features():
+    env = helpers.runtime_environment()
+    assert "cpu_features" in env and env["cpu_features"]
+    assert "CPU features" in helpers.environment_summary().index

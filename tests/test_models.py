@@ -175,3 +175,16 @@ def test_inputs_of_shape_gives_exact_shapes_and_fill_removes_padding(minilm):
     assert tuple(full["input_ids"].shape) == (130, 40) and full["attention_mask"].all()
     with pytest.raises(ValueError, match="at least 1"):
         helpers.inputs_of_shape(minilm.tokenizer, 0, 8)
+
+
+def test_the_smoke_model_is_the_trained_minilm_cut_to_two_layers(minilm, tmp_path):
+    small = helpers.load_encoder(helpers.SMOKE_MODEL, verbose=False)
+    assert small.trained and len(small.model.encoder.layer) == 2 and small.model.config.num_hidden_layers == 2
+    assert "2-layers" in small.name and "first 2 of 6" in small.describe()
+    # the layers it keeps are the trained ones, unchanged
+    assert torch.equal(small.model.encoder.layer[1].output.dense.weight, minilm.model.encoder.layer[1].output.dense.weight)
+    small.model.save_pretrained(tmp_path)  # it saves and reloads as a 2-layer model
+    again = helpers.load_encoder(str(tmp_path), verbose=False)
+    assert len(again.model.encoder.layer) == 2
+    with pytest.raises(ValueError, match="keep between 1 and 6"):
+        helpers.load_encoder(helpers.FALLBACK_MODEL + ":9-layers", verbose=False)

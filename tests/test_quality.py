@@ -51,3 +51,13 @@ def test_trained_model_retrieves_and_random_model_does_not(minilm):
         helpers.encode(minilm, [p.question for p in helpers.load_qa_pairs()]),
         helpers.encode(minilm, [p.answer for p in helpers.load_qa_pairs()][::-1]))
     assert shuffled["recall@1"] < 0.1  # the metric really depends on the pairing
+
+
+def test_a_slice_of_the_qa_set_is_fixed_and_mixes_topics():
+    every = helpers.load_qa_pairs()
+    part = helpers.load_qa_pairs(24)
+    assert len(part) == 24 and part == helpers.load_qa_pairs(24), "the same slice every time"
+    assert set(part) <= set(every) and len({p.topic for p in part}) >= 4
+    assert helpers.load_qa_pairs(None) == every and helpers.load_qa_pairs(10_000) == every
+    with pytest.raises(ValueError, match="at least 2"):
+        helpers.load_qa_pairs(1)

@@ -78,3 +78,15 @@ def test_figures_are_saved_only_in_profiles_that_ask(tmp_path, monkeypatch, timi
 def test_images_dir_is_the_repository_images_folder():
     from conftest import REPO
     assert helpers.report.images_dir() == REPO / "images"
+
+
+def test_verdict_is_read_from_the_numbers(timings):
+    table = helpers.speedup_table(timings, baseline="base", quality={"fast": {"cosine mean": 0.9912}})
+    text = helpers.verdict(table, fact="this CPU has no bf16 instructions")
+    assert "'fast' was fastest" in text and "2.20x" in text and "do not overlap" in text
+    assert "'slow' (0.55x)" in text, "a variant slower than the baseline beyond the spread is named"
+    assert "cosine mean: 0.9912" in text and text.endswith("this CPU has no bf16 instructions.")
+    close = {"base": T("base", [0.010, 0.011, 0.012]), "other": T("other", [0.0098, 0.0105, 0.0118])}
+    assert "does not show a real difference" in helpers.verdict(helpers.speedup_table(close))
+    worse = {"base": T("base", [0.010, 0.010, 0.010]), "other": T("other", [0.030, 0.030, 0.030])}
+    assert "no variant beat the baseline" in helpers.verdict(helpers.speedup_table(worse))
