@@ -6,7 +6,8 @@ From the course folder (the one with ``solutions/``, ``labs/`` and ``nbgrader_co
 
 1. :mod:`helpers.submissions` finds every notebook, decides whose and which lab it is,
    repairs what can honestly be repaired, and names what cannot be graded.
-2. Each gradable submission is autograded by nbgrader (smoke profile) in its **own**
+2. Each gradable submission is autograded by nbgrader (smoke profile), and its feedback
+   written, by one process (:mod:`helpers.grade_runner`) in its **own**
    scratch course with its own gradebook, so any number run in parallel without two
    processes ever writing one SQLite file.  A cell that runs past ``--cell-timeout`` is
    interrupted and scored as an error; a whole submission past ``--timeout`` is stopped.
@@ -54,6 +55,17 @@ def _nbgrader(course: Path, *args: str, timeout: float, env: dict) -> subprocess
 def _last_error(log: str) -> str:
     lines = [ln.strip() for ln in log.splitlines() if "ERROR" in ln or "Error" in ln or "error:" in ln]
     return (lines[-1] if lines else log.strip().splitlines()[-1] if log.strip() else "no output")[:300]
+
+
+def _runner_result(ran: subprocess.CompletedProcess) -> dict:
+    """The JSON line helpers.grade_runner prints last, or ``{}`` when it printed none (it crashed)."""
+    for line in reversed(ran.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                break
+    return {}
 
 
 def _cell_errors(nb: dict) -> list[str]:
@@ -124,15 +136,18 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
     notes = list(sub.notes)
     cells: list[dict] = []
     try:
-        try:
-            graded = _nbgrader(scratch, "autograde", sub.lab, "--student", sid, "--force",
-                               f"--Execute.timeout={int(cell_timeout)}", timeout=timeout, env=env)
+        try:  # autograde and feedback in one process (helpers.grade_runner), under one time limit
+            ran = subprocess.run([sys.executable, "-m", "helpers.grade_runner", sub.lab, sid,
+                                  "--cell-timeout", str(int(cell_timeout))], cwd=scratch, env=env, text=True,
+                                 capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"grading took longer than {timeout} s and was stopped (a very slow or stuck "
                                f"notebook; each cell may run {cell_timeout} s)") from None
+        result = _runner_result(ran)
         autograded = scratch / "autograded" / sid / sub.lab / f"{sub.lab}.ipynb"
-        log = graded.stdout + graded.stderr
-        if graded.returncode != 0 or not autograded.is_file() or "failed to autograde" in log.lower():
+        step = result.get("autograde") or {}
+        log = ran.stdout + ran.stderr + step.get("log", "") + step.get("error", "")
+        if not step.get("success") or not autograded.is_file() or "failed to autograde" in log.lower():
             if "DeadKernelError" in log or "Kernel died" in log or "kernel died" in log.lower():
                 raise RuntimeError("the notebook killed its kernel (the Python process running it exited), "
                                    "so no cell after that point could be graded")
@@ -167,14 +182,14 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
         dest = out / "autograded" / safe_id(sub.student)
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(autograded, dest / f"{sub.lab}.ipynb")
-        fed = _nbgrader(scratch, "generate_feedback", sub.lab, "--student", sid, "--force", timeout=600, env=env)
+        fed = result.get("feedback") or {}
         html = scratch / "feedback" / sid / sub.lab / f"{sub.lab}.html"
-        if fed.returncode == 0 and html.is_file():
+        if fed.get("success") and html.is_file():
             fdest = out / "feedback" / safe_id(sub.student)
             fdest.mkdir(parents=True, exist_ok=True)
             shutil.copy(html, fdest / f"{sub.lab}.html")
         else:
-            notes.append(f"feedback could not be generated: {_last_error(fed.stdout + fed.stderr)}")
+            notes.append(f"feedback could not be generated: {_last_error(fed.get('log', '') + fed.get('error', ''))}")
     except RuntimeError as exc:
         row.update(status="failed", auto_score=0.0)
         notes.insert(0, str(exc))
