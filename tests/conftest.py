@@ -54,7 +54,7 @@ def record_cost(lab: str, figures: dict) -> None:
     """Note seconds spent on ``lab`` (any worker process); the run's last lines show them as a table."""
     folder = _costs_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{lab}.json"
+    path = folder / f"{lab}.{os.getpid()}.json"  # one file per process: two workers never write one file
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     path.write_text(json.dumps({**old, **figures}), encoding="utf-8")
 
@@ -63,7 +63,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput"):
         return  # a worker: the controller prints the table
     folder = _costs_dir()
-    rows = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+    rows: dict[str, dict] = {}
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        rows.setdefault(p.name.split(".")[0], {}).update(json.loads(p.read_text(encoding="utf-8")))
+    rows = dict(sorted(rows.items()))
     if not rows:
         return
     columns = sorted({c for figures in rows.values() for c in figures})

@@ -1,6 +1,5 @@
 """The results file the full profile writes, and the reference results page built from it."""
 
-import pandas as pd
 import pytest
 
 import helpers
