@@ -128,7 +128,7 @@ def test_quality_figures_carry_the_paired_verdict():
     eye = torch.eye(8)
     ref = torch.cat([eye, eye])  # 8 questions then their 8 answers: all right
     figures = helpers.quality_figures(ref, ref, 8)
-    assert figures["recall@1"] == 1.0 and figures[helpers.REFERENCE_CHANGE] == "reference"
+    assert figures["recall@1"] == 1.0 and figures[helpers.REFERENCE_CHANGE] == "identical embeddings"
     damaged = ref.clone()
     damaged[0] = eye[1]  # question 0 now points at answer 1
     figures = helpers.quality_figures(damaged, ref, 8)
