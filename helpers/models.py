@@ -348,13 +348,12 @@ def inputs_of_shape(tokenizer, batch_size: int, seq_len: int, *, fill: bool = Fa
         raise ValueError(f"batch_size and seq_len must be at least 1, got {batch_size!r} and {seq_len!r}")
     answers = [pair.answer for pair in load_qa_pairs()]
     if fill:  # each text starts at another answer and runs on for well over 512 tokens
-        words_needed = 2 * int(seq_len)
         texts = []
         for i in range(int(batch_size)):
-            chunk, k = [], i
-            while sum(len(t.split()) for t in chunk) < words_needed:
-                chunk.append(answers[k % len(answers)])
-                k += 1
+            chunk, words = [], 0
+            while words < 2 * int(seq_len):  # a word is at least one token
+                chunk.append(answers[(i + len(chunk)) % len(answers)])
+                words += len(chunk[-1].split())
             texts.append(" ".join(chunk))
     else:
         texts = [answers[i % len(answers)] for i in range(int(batch_size))]

@@ -91,10 +91,13 @@ def retrieval_ranks(question_embeddings: torch.Tensor, answer_embeddings: torch.
     return 1 + (others >= correct).sum(dim=1)
 
 
+def _metrics_of_ranks(rank: torch.Tensor) -> dict[str, float]:
+    return {"recall@1": float((rank == 1).float().mean()), "MRR": float((1.0 / rank.float()).mean())}
+
+
 def retrieval_metrics(question_embeddings: torch.Tensor, answer_embeddings: torch.Tensor) -> dict[str, float]:
     """recall@1 and MRR when question i's correct answer is answer i and all others are distractors."""
-    rank = retrieval_ranks(question_embeddings, answer_embeddings)
-    return {"recall@1": float((rank == 1).float().mean()), "MRR": float((1.0 / rank.float()).mean())}
+    return _metrics_of_ranks(retrieval_ranks(question_embeddings, answer_embeddings))
 
 
 @dataclass(frozen=True)
@@ -190,10 +193,8 @@ def quality_figures(embeddings: torch.Tensor, reference: torch.Tensor, n_questio
     if emb.shape[0] != 2 * n or ref.shape[0] != 2 * n:
         raise ValueError(f"embeddings {tuple(emb.shape)} and reference {tuple(ref.shape)} must each hold "
                          f"{n} questions then {n} answers")
-    figures = cosine_to_reference(emb, ref)
     ranks, ref_ranks = retrieval_ranks(emb[:n], emb[n:]), retrieval_ranks(ref[:n], ref[n:])
-    figures["recall@1"] = float((ranks == 1).float().mean())
-    figures["MRR"] = float((1.0 / ranks.float()).mean())
+    figures = {**cosine_to_reference(emb, ref), **_metrics_of_ranks(ranks)}
     same = bool(torch.equal(emb, ref))  # the reference row itself, or a variant that changes nothing
     test = paired_recall_test(ref_ranks.numpy() == 1, ranks.numpy() == 1)
     figures[REFERENCE_CHANGE] = "identical embeddings" if same else test.short()
@@ -233,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(pairs)} pairs, {len({p.cluster for p in pairs})} clusters; {machine_label()}")
     for name in args.models:
         encoder = load_encoder(name, verbose=False)
-        figures = retrieval_metrics(encode(encoder, [p.question for p in pairs]),
-                                    encode(encoder, [p.answer for p in pairs]))
+        figures = retrieval_quality(lambda texts: encode(encoder, texts), pairs)
         print(f"{encoder.name}: recall@1 {figures['recall@1']:.3f}, MRR {figures['MRR']:.3f}")
     return 0
 
