@@ -59,6 +59,11 @@ def record_cost(lab: str, figures: dict) -> None:
     path.write_text(json.dumps({**old, **figures}), encoding="utf-8")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Run the whole-notebook tests first: two workers then finish the quick tests in their shadow."""
+    items.sort(key=lambda item: item.get_closest_marker("notebook") is None)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput"):
         return  # a worker: the controller prints the table

@@ -11,8 +11,11 @@ One nbgrader course per lab, built once (a fixture) and graded with three submis
 * ``wrong``: one plausible mistake (tests/wrong_answers.py): some marks, not all.
 
 These run whole notebooks (seconds each): marked `notebook`; deselect with -m "not notebook".
-The tests of one lab stay on one xdist worker (``xdist_group``), so its fixture runs once;
-the labs run two at a time, one thread each. Each lab's cost is reported at the end of the run.
+Each lab is **one** test item that grades once and then makes the four checks below, so xdist
+can never grade a lab twice on two workers. (It did: ``--dist loadgroup`` stopped grouping
+silently under pytest 9.2's structured node IDs, pytest-dev/pytest-xdist#1386, and every lab
+was graded up to three times.) The labs run two at a time, one thread each; every failed
+check is reported, not only the first. Each lab's cost is reported at the end of the run.
 """
 
 import json
@@ -31,7 +34,6 @@ from wrong_answers import WRONG_ANSWERS
 pytestmark = pytest.mark.notebook
 
 STUDENTS = ("solution", "release", "wrong")
-LAB_PARAMS = [pytest.param(lab, marks=pytest.mark.xdist_group(lab)) for lab in LABS]
 
 
 def _submit(course: Path, student: str, lab: str, nb: dict) -> None:
@@ -46,23 +48,10 @@ def _edit_first_test_cell(nb: dict) -> dict:
     return nb
 
 
-_GRADED: dict[str, dict] = {}  # per worker process: each lab is graded once, whatever order its tests run in
-
-
-@pytest.fixture(params=LAB_PARAMS)
-def graded(request, tmp_path_factory):
-    """The lab's three submissions, graded once per test run (see _grade)."""
-    lab = request.param
-    if lab not in _GRADED:
-        _GRADED[lab] = _grade(lab, tmp_path_factory)
-    return _GRADED[lab]
-
-
 def _grade(lab: str, tmp_path_factory) -> dict:
     """A throwaway course for one lab: generate it, submit three versions, autograde them (timed).
 
-    Not a module-scoped fixture: pytest keeps one parameter of such a fixture at a time, and xdist
-    may interleave the labs' tests on a worker, which would grade a lab twice.
+    Called once per lab, by the lab's single test item (see the module docstring).
     """
     course = tmp_path_factory.mktemp(f"course-{lab}")
     shutil.copytree(REPO / "solutions" / lab, course / "solutions" / lab)
@@ -105,7 +94,7 @@ def _auto_total(grades: dict) -> float:
     return sum(auto or 0.0 for auto, _, _ in grades.values())
 
 
-def test_solution_runs_cleanly_in_the_smoke_profile(graded):
+def check_solution_runs_cleanly_in_the_smoke_profile(graded):
     nb = graded["executed"]
     outputs = [(c, o) for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
     errors = [(nbgrader(c).get("grade_id") or c.get("id"), o.get("ename")) for c, o in outputs
@@ -121,7 +110,7 @@ def test_solution_runs_cleanly_in_the_smoke_profile(graded):
     assert not list(graded["course"].rglob("images/*.png")), "the smoke profile must not write figures"
 
 
-def test_noisy_solution_gets_full_automatic_marks(graded):
+def check_noisy_solution_gets_full_automatic_marks(graded):
     lab, grades = graded["lab"], graded["scores"]["solution"]
     assert _auto_total(grades) == pytest.approx(auto_points(solution_notebook(lab))), {
         g: a for g, (a, m, _) in grades.items() if a != m}
@@ -130,17 +119,34 @@ def test_noisy_solution_gets_full_automatic_marks(graded):
     assert manual and not set(manual) & tests, "written answers wait for a person; tests do not"
 
 
-def test_release_with_an_edited_test_cell_gets_zero(graded):
+def check_release_with_an_edited_test_cell_gets_zero(graded):
     lab, grades = graded["lab"], graded["scores"]["release"]
     first_test = nbgrader(autograded_cells(solution_notebook(lab))[0])["grade_id"]
     assert grades[first_test][0] == 0.0, "the edited test cell must be restored from the source"
     assert _auto_total(grades) == 0.0
 
 
-def test_plausible_wrong_answer_gets_partial_marks(graded):
+def check_plausible_wrong_answer_gets_partial_marks(graded):
     lab = graded["lab"]
     got = _auto_total(graded["scores"]["wrong"])
     assert 0.0 < got < auto_points(solution_notebook(lab))
+
+
+CHECKS = (check_solution_runs_cleanly_in_the_smoke_profile, check_noisy_solution_gets_full_automatic_marks,
+          check_release_with_an_edited_test_cell_gets_zero, check_plausible_wrong_answer_gets_partial_marks)
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_lab_runs_and_autogrades_as_it_should(lab, tmp_path_factory):
+    """Grade the lab's three submissions once, then run every check on them; report all that fail."""
+    graded = _grade(lab, tmp_path_factory)
+    failed = []
+    for check in CHECKS:
+        try:
+            check(graded)
+        except AssertionError as error:
+            failed.append(f"{check.__name__.removeprefix('check_')}: {error}")
+    assert not failed, f"{lab}:\n" + "\n".join(failed)
 
 
 def test_noisy_fixture_really_writes_to_stderr_everywhere():
