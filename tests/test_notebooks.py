@@ -1,6 +1,6 @@
 """Every solution notebook runs in the smoke profile and autogrades as it should.
 
-One nbgrader course per lab, built once (a fixture) and graded with three submissions:
+One nbgrader course per lab, built once by the lab's test item and graded with three submissions:
 
 * ``solution``: the solution, made *noisy* (every solution cell and every function it defines
   also writes to stderr, as a progress bar or a warning would): it must get full automatic
