@@ -59,14 +59,21 @@ def record_cost(lab: str, figures: dict) -> None:
     path.write_text(json.dumps({**old, **figures}), encoding="utf-8")
 
 
-def pytest_collection_modifyitems(config, items):
-    """Run the whole-notebook tests first: two workers then finish the quick tests in their shadow."""
-    items.sort(key=lambda item: item.get_closest_marker("notebook") is None)
+def bytecode_is_compiled() -> bool:
+    """False where Python may not write .pyc files and the installed torch has none (see README, Set-up)."""
+    import importlib.util
+
+    import torch
+    return not sys.dont_write_bytecode or Path(importlib.util.cache_from_source(torch.__file__)).is_file()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if hasattr(config, "workerinput"):
         return  # a worker: the controller prints the table
+    if not bytecode_is_compiled():
+        terminalreporter.write_line(
+            "NOTE: PYTHONDONTWRITEBYTECODE is set and torch has no .pyc files: every kernel, grader and probe "
+            "recompiles torch's and transformers' sources (~6 s each). Install with `uv sync --locked --compile-bytecode`.")
     folder = _costs_dir()
     rows: dict[str, dict] = {}
     for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -85,6 +92,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def pytest_collection_modifyitems(config, items):
+    """Run the whole-notebook tests first (two workers then finish the quick tests in their
+    shadow), and skip the GPU tests with a reason where there is no CUDA GPU."""
+    items.sort(key=lambda item: item.get_closest_marker("notebook") is None)
     import torch
     if torch.cuda.is_available():
         return

@@ -111,13 +111,17 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     assert "-e ." in pip, "environment.yml must install the helpers package itself"
 
 
-def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
+def test_readme_gives_three_setup_commands_and_ci_runs_them():
     readme = (REPO / "README.md").read_text()
     block = re.search(r"<!-- setup -->\s*```(?:bash|sh)?\n(.*?)```", readme, re.S)
     assert block, "README needs the set-up block after <!-- setup -->"
     commands = [ln.strip() for ln in block.group(1).splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    assert len(commands) == 2 and commands[0] == "uv run jupyter lab"
-    assert commands[1] in (REPO / ".ci" / "run").read_text(), ".ci/run must run the README's test command"
+    assert len(commands) == 3 and commands[1] == "uv run jupyter lab", commands
+    ci = (REPO / ".ci" / "run").read_text()
+    assert commands[0].startswith("uv sync") and "--compile-bytecode" in commands[0], \
+        "the README's install line must compile bytecode (imports recompile in every process otherwise)"
+    assert commands[0] in ci, ".ci/run must install the way the README does"
+    assert commands[2] in ci, ".ci/run must run the README's test command"
     assert "solutions/" in readme and "hidden tests" in readme
     for lab in LABS:
         assert lab in readme, f"README's lab list misses {lab}"
