@@ -35,6 +35,12 @@ c.Execute.interrupt_on_timeout = True
 # A student who deletes a test cell gets it back (and the grade it carries), instead of
 # silently losing those points or, worse, escaping them.
 c.OverwriteCells.add_missing_cells = True
+# Each lab's papermill `parameters` cell is a read-only nbgrader cell: autograding restores its
+# released source (OverwriteCells), so a submission that set LAB_PROFILE = "full" or N_RUNS = 1000
+# is still graded in the smoke profile. Students may still edit it to run their own copy in another
+# profile, so read-only cells stay editable in the release (the cell's own metadata makes it
+# undeletable; helpers.submissions.repair puts back a deleted one in the batch route).
+c.LockCells.lock_readonly_cells = False
 
 # Autograde and validate in the smoke profile unless the instructor chose otherwise.
 if any(cmd in sys.argv[1:2] for cmd in ("autograde", "validate", "generate_feedback")):

@@ -17,7 +17,15 @@ From the course folder (the one with ``solutions/``, ``labs/`` and ``nbgrader_co
    ``<out>/autograded/<student>/<lab>.ipynb`` for the instructor.
 
 Several machines: give each a slice with ``--shard 1/3``, ``--shard 2/3``, ``--shard 3/3``
-and concatenate the ``grades.csv`` files (same columns; each row is independent).
+and concatenate the ``grades.csv`` files (same columns, one header each; a shard holds whole
+students, so each lists its own students' ``missing`` labs).
+
+Regrading: ``--student ID`` grades only that student's files. A run into an ``--out`` that
+already holds tables **merges**: its rows replace the rows of the same (student, lab), every
+other row is kept, and the regraded submissions' old feedback and notebooks are removed first.
+
+Exit status: 0 when every gradable submission was graded; 1 when one failed (the kernel died,
+a time limit, nbgrader itself) or nothing was found to grade; 2 for a wrong command line.
 """
 
 from __future__ import annotations
@@ -200,25 +208,43 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
     return row, cells
 
 
-def _missing_rows(rows: list[dict]) -> list[dict]:
-    """A row for every (student, lab) of this batch with no submission at all."""
+def _missing_rows(rows: list[dict], labs: list[str]) -> list[dict]:
+    """A row for every student of ``rows`` and lab of the whole batch (``labs``) with no submission at all."""
     students = sorted({r["student"] for r in rows})
-    labs = sorted({r["lab"] for r in rows if r["lab"] != "unknown"})
     have = {(r["student"], r["lab"]) for r in rows}
     return [{"student": s, "lab": lab, "status": "missing", "auto_score": 0.0, "auto_max": "", "manual_max": "",
              "needs_manual_grading": "", "file": "", "reason": "no submission for this lab in the folder",
              "seconds": 0.0} for s in students for lab in labs if (s, lab) not in have]
 
 
+def _in_shard(student: str, students: list[str], shard: tuple[int, int]) -> bool:
+    """Whole students per shard (by their place in the sorted list), so each shard knows who is missing what."""
+    index, count = shard
+    return students.index(student) % count == index - 1
+
+
 def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, cell_timeout: int = 120,
-                 timeout: int = 900, shard: tuple[int, int] = (1, 1), progress=print) -> list[dict]:
-    """Grade everything under ``submissions``; write the tables and feedback under ``out``; return the rows."""
+                 timeout: int = 900, shard: tuple[int, int] = (1, 1), student: str | None = None,
+                 progress=print) -> list[dict]:
+    """Grade everything under ``submissions`` (or one ``student``'s files); write the tables and
+    feedback under ``out``, merged with what an earlier run left there; return this run's rows."""
     course, out = Path(course).resolve(), Path(out).resolve()
     releases = release_notebooks(course)
     subs = [repair(s, releases[s.lab]) if s.gradable else s for s in collect(Path(submissions), releases)]
-    index, count = shard
-    subs = [s for i, s in enumerate(subs) if i % count == index - 1]
+    students = sorted({s.student for s in subs})
+    all_labs = sorted({s.lab for s in subs if s.lab != "unknown"})
+    if student is not None:
+        if student not in students:
+            raise LookupError(f"no submission of student {student!r} under {submissions} "
+                              f"(students found: {', '.join(students[:10]) or 'none'}"
+                              f"{', ...' if len(students) > 10 else ''})")
+        subs = [s for s in subs if s.student == student]
+    subs = [s for s in subs if _in_shard(s.student, students, shard)]
     out.mkdir(parents=True, exist_ok=True)
+    for sub in subs:  # a regrade leaves no stale feedback or notebook behind, whatever its outcome
+        for old in (out / "feedback" / safe_id(sub.student) / f"{sub.lab}.html",
+                    out / "autograded" / safe_id(sub.student) / f"{sub.lab}.ipynb"):
+            old.unlink(missing_ok=True)
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     progress(f"{len(subs)} submission(s) found under {submissions}; grading with {jobs} job(s), "
              f"{threads} thread(s) each")
@@ -239,11 +265,35 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
             cells += cell_rows
             score = f"{row['auto_score']}/{row['auto_max']}" if row["status"] == "graded" else row["status"]
             progress(f"  {row['student']} / {row['lab']}: {score}" + (f"  ({row['reason']})" if row["reason"] else ""))
-    rows += _missing_rows(rows) if count == 1 else []
+    if student is None:
+        rows += _missing_rows(rows, all_labs)
     rows.sort(key=lambda r: (r["student"], r["lab"]))
-    _write_csv(out / "grades.csv", COLUMNS, rows)
-    _write_csv(out / "grades_by_cell.csv", CELL_COLUMNS, cells)
+    graded = {(r["student"], r["lab"]): r["status"] for r in rows}
+    _merge_csv(out / "grades.csv", COLUMNS, rows, graded)
+    _merge_csv(out / "grades_by_cell.csv", CELL_COLUMNS, cells, graded)
     return rows
+
+
+def _replaces(earlier: dict, graded: dict) -> bool:
+    """Whether this run replaces an earlier row: same (student, lab), unless this run only says
+    "missing" (no file in this folder) for a submission an earlier run graded."""
+    status = graded.get((earlier["student"], earlier["lab"]))
+    return status is not None and status != "missing"
+
+
+def _merge_csv(path: Path, columns: list[str], rows: list[dict], graded: dict) -> None:
+    """Write ``rows`` to ``path``, keeping every earlier row there whose (student, lab) this run did
+    not grade again (``graded``: {(student, lab): this run's status})."""
+    kept = []
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            earlier = list(csv.DictReader(fh))
+        if earlier and set(earlier[0]) != set(columns):
+            raise RuntimeError(f"{path} has other columns than this grader writes: use a new --out")
+        kept = [r for r in earlier if not _replaces(r, graded)]
+        known = {(r["student"], r["lab"]) for r in kept}
+        rows = [r for r in rows if not (r.get("status") == "missing" and (r["student"], r["lab"]) in known)]
+    _write_csv(path, columns, sorted(kept + rows, key=lambda r: (r["student"], r["lab"])))
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -277,25 +327,36 @@ def _shard(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.batch_grading", description=__doc__.split("\n\n")[0])
     parser.add_argument("submissions", type=Path, help="folder of collected submissions (any layout, see docs)")
-    parser.add_argument("--course", type=Path, default=Path.cwd(), help="course folder (default: here)")
-    parser.add_argument("--out", type=Path, default=Path("grading"), help="where tables and feedback go")
+    parser.add_argument("--course", type=Path, default=Path.cwd(), help="course folder, the one with nbgrader_config.py (default: here)")
+    parser.add_argument("--out", type=Path, default=Path("grading"), help="where tables and feedback go; an earlier run there is merged, not overwritten (default: grading)")
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                         help="submissions graded at once (default: half the cores)")
-    parser.add_argument("--cell-timeout", type=int, default=120, help="seconds a cell may run before it is stopped")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds one submission may take in all")
-    parser.add_argument("--shard", type=_shard, default=(1, 1), help="grade slice i of n (several machines)")
+    parser.add_argument("--cell-timeout", type=int, default=120, help="seconds a cell may run before it is stopped (default: 120)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds one submission may take in all (default: 900)")
+    parser.add_argument("--shard", type=_shard, default=(1, 1),
+                        help="grade slice i of n, whole students per slice, on several machines (default: 1/1, all)")
+    parser.add_argument("--student", default=None,
+                        help="grade only this student's files and merge them into --out: a regrade (default: everyone)")
     args = parser.parse_args(argv)
     if not (args.course / "nbgrader_config.py").is_file():
         parser.error(f"{args.course} is not the course folder (no nbgrader_config.py): pass --course")
     if not args.submissions.is_dir():
         parser.error(f"submissions folder {args.submissions} does not exist")
     start = time.perf_counter()
-    rows = grade_folder(args.submissions, args.course, args.out, jobs=args.jobs, cell_timeout=args.cell_timeout,
-                        timeout=args.timeout, shard=args.shard)
+    try:
+        rows = grade_folder(args.submissions, args.course, args.out, jobs=args.jobs,
+                            cell_timeout=args.cell_timeout, timeout=args.timeout, shard=args.shard,
+                            student=args.student)
+    except (LookupError, FileNotFoundError, RuntimeError) as exc:
+        print(f"batch_grading: error: {exc}", file=sys.stderr)
+        return 1
     print(summary(rows))
     print(f"wrote {args.out / 'grades.csv'}, {args.out / 'grades_by_cell.csv'} and feedback under "
           f"{args.out / 'feedback'} in {time.perf_counter() - start:.0f} s")
-    return 0
+    if not any(r["status"] != "missing" for r in rows):
+        print(f"batch_grading: error: no submission found under {args.submissions}", file=sys.stderr)
+        return 1
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
 if __name__ == "__main__":

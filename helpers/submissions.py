@@ -191,7 +191,9 @@ def repair(sub: Submission, release: dict) -> Submission:
     * duplicate cell ids (copied cells): the copies get new ids, the first keeps its id;
     * stored outputs: dropped (autograding runs the notebook again; megabytes of old output
       would only slow everything down);
-    * the kernel: the release's, so every submission runs in the course's environment.
+    * the kernel: the release's, so every submission runs in the course's environment;
+    * the papermill ``parameters`` cell: the release's (see :func:`reset_parameters`), so a
+      submission cannot choose its own grading profile.
 
     Deleted or edited test cells are restored by nbgrader itself (``OverwriteCells``); they
     are noted here so the grade row says so.
@@ -232,6 +234,8 @@ def repair(sub: Submission, release: dict) -> Submission:
     if points:
         sub.notes.append("points changed in the submission, restored: " + ", ".join(points))
 
+    reset_parameters(nb, release, sub.notes)
+
     present = {_nbgrader(c).get("grade_id"): c for c in nb["cells"]}
     deleted = [gid for gid in release_tests if gid not in present]
     edited = [gid for gid, ref in release_tests.items()
@@ -256,6 +260,61 @@ def repair(sub: Submission, release: dict) -> Submission:
     nb["nbformat"], nb["nbformat_minor"] = release.get("nbformat", 4), release.get("nbformat_minor", 5)
     sub.notebook = nb
     return sub
+
+
+PARAMETERS_TAG = "parameters"            # papermill's tag: the cell whose literals a run may override
+INJECTED_TAG = "injected-parameters"     # the cell papermill adds after it when a run overrides them
+
+
+def _tags(cell: dict) -> list:
+    return cell.get("metadata", {}).get("tags") or []
+
+
+def _assignments(text: str) -> dict[str, str]:
+    """``{name: value as written}`` for the simple ``NAME = literal`` lines of a parameters cell."""
+    import ast
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return {}
+    return {t.id: ast.get_source_segment(text, node.value) or "" for node in tree.body
+            if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+
+
+def reset_parameters(nb: dict, release: dict, notes: list[str]) -> None:
+    """Put the release's ``parameters`` cell back in ``nb`` (in place), and say what changed in ``notes``.
+
+    The parameters cell chooses the profile (``LAB_PROFILE``), the number of timed runs and the
+    model; the notebook's values win over the grader's ``LAB_PROFILE=smoke``. A submission that
+    set ``LAB_PROFILE = "full"`` would be graded for minutes to hours and could lose points to
+    time limits, so it is reset, re-inserted where the release has it if deleted, and a cell
+    papermill injected (a notebook run with ``-p ...`` and handed in) is removed.
+    """
+    found = [(i, c) for i, c in enumerate(release.get("cells", [])) if PARAMETERS_TAG in _tags(c)]
+    if not found:
+        return
+    index, ref = found[0]
+    injected = [c for c in nb["cells"] if INJECTED_TAG in _tags(c)]
+    if injected:
+        nb["cells"] = [c for c in nb["cells"] if INJECTED_TAG not in _tags(c)]
+        notes.append("a cell papermill injected (overriding the parameters) was removed")
+    mine = next((c for c in nb["cells"] if c.get("id") == ref.get("id")), None)
+    if mine is None:
+        mine = next((c for c in nb["cells"] if PARAMETERS_TAG in _tags(c)), None)
+    if mine is None:
+        before = release["cells"][index - 1].get("id") if index else None
+        at = next((i + 1 for i, c in enumerate(nb["cells"]) if before and c.get("id") == before), 0)
+        nb["cells"].insert(at, copy.deepcopy(ref))
+        notes.append("the parameters cell was deleted: put back from the release")
+        return
+    if _source(mine).strip() != _source(ref).strip() or mine.get("cell_type") != "code":
+        theirs, ours = _assignments(_source(mine)), _assignments(_source(ref))
+        changed = [f"{name} = {theirs.get(name, '(deleted)')}" for name in {**ours, **theirs}
+                   if theirs.get(name) != ours.get(name)]
+        notes.append("parameters cell reset to the release's, so it is graded in the smoke profile"
+                     + (f" (it set {', '.join(changed)})" if changed else ""))
+    mine.clear()
+    mine.update(copy.deepcopy(ref))
 
 
 REDEFINED = re.compile(r"^\s*(?:(?:helpers|torch|math|np|numpy|builtins|__builtins__)\.[\w.]+|AssertionError|"

@@ -121,6 +121,20 @@ def build(root: Path, course: Path = REPO, lab: str = LAB, other_lab: str = OTHE
                   "    warnings.warn('computing speedups')\n    print('working...', file=sys.stderr)\n"
                   "    for _ in tqdm(range(3), desc='speedups'):\n        pass\n" + SPEEDUPS)
     add("noisy_stderr", f"noisy_stderr/{lab}.ipynb", noisy, "graded", FULL)
+    # The parameters cell picks the profile: a submission must not choose its own (see reset_parameters).
+    add("edits_parameters", f"edits_parameters/{lab}.ipynb",
+        _edit(copy.deepcopy(sol), "parameters", "LAB_PROFILE = None", 'LAB_PROFILE = "full"'),
+        "graded", FULL, "parameters cell reset")
+    no_params = copy.deepcopy(sol)
+    no_params["cells"] = [c for c in no_params["cells"] if c.get("id") != "parameters"]
+    add("deletes_parameters", f"deletes_parameters/{lab}.ipynb", no_params, "graded", FULL,
+        "parameters cell was deleted")
+    ran = copy.deepcopy(sol)  # run with `papermill -p LAB_PROFILE full` and handed in as it came out
+    index = next(i for i, c in enumerate(ran["cells"]) if c.get("id") == "parameters")
+    ran["cells"].insert(index + 1, {"cell_type": "code", "execution_count": None, "id": "injected-parameters",
+                                    "metadata": {"tags": ["injected-parameters"]}, "outputs": [],
+                                    "source": '# Parameters\nLAB_PROFILE = "full"\n'})
+    add("papermill_output", f"papermill_output/{lab}.ipynb", ran, "graded", FULL, "papermill injected")
     add("not_json", f"not_json/{lab}.ipynb", '{"cells": [ this is not json', "not graded", 0.0, "broken JSON")
     add("empty", f"empty/{lab}.ipynb", "", "not graded", 0.0, "empty file")
     add("wrong_lab", f"wrong_lab/{other_lab}.ipynb", sol, "graded", FULL, f"named for {other_lab}")

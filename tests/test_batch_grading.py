@@ -20,7 +20,7 @@ from helpers.feedback import HideHiddenTests, strip_region
 from helpers.student_bundle import build_bundle, bundle_files, check_bundle
 from helpers.submissions import (collect, lab_from_name, redefinitions, release_notebooks, repair,
                                  student_from_flat_name)
-from notebook_tools import solution_notebook
+from notebook_tools import solution_notebook, source
 
 LABS = ["01_eval_mode", "02_torch_compile"]
 
@@ -120,6 +120,24 @@ def test_repair_notes_deleted_and_edited_test_cells(releases):
     assert any("edited" in n and "test-ex12-modes" in n for n in sub.notes)
 
 
+def test_repair_puts_the_released_parameters_cell_back(releases):
+    released = source(next(c for c in releases[LAB]["cells"] if c["id"] == "parameters"))
+    nb = correct_submission()
+    cell = next(c for c in nb["cells"] if c["id"] == "parameters")
+    cell["source"] = source(cell).replace("N_RUNS = None", "N_RUNS = 1000").replace("LAB_PROFILE = None",
+                                                                                     'LAB_PROFILE = "full"')
+    sub = collect_one(nb, releases)
+    assert source(next(c for c in sub.notebook["cells"] if c["id"] == "parameters")) == released
+    (note,) = [n for n in sub.notes if "parameters" in n]
+    assert "LAB_PROFILE = \"full\"" in note and "N_RUNS = 1000" in note, note
+    nb = correct_submission()
+    order = [c["id"] for c in nb["cells"]]
+    nb["cells"] = [c for c in nb["cells"] if c["id"] != "parameters"]
+    sub = collect_one(nb, releases)
+    assert [c["id"] for c in sub.notebook["cells"]] == order, "put back where the release has it"
+    assert any("parameters cell was deleted" in n for n in sub.notes)
+
+
 def test_redefinitions_of_library_and_builtin_names_are_flagged():
     nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": "math.isclose = lambda *a, **k: True\nx = 1\n"},
                     {"cell_type": "code", "metadata": {}, "source": "def f():\n    len = 3\n    return len\n"},
@@ -200,7 +218,7 @@ def test_every_bad_submission_gets_a_grade_row_with_its_reason(tmp_path, fixture
     out = tmp_path / "out"
     code = batch_grading.main([str(root), "--course", str(fixture_course), "--out", str(out), "--jobs", "2",
                                "--cell-timeout", "5"])
-    assert code == 0
+    assert code == 1, "one submission killed its kernel and failed: the command must say so in its exit status"
     import csv
     rows = {r["student"]: r for r in csv.DictReader(open(out / "grades.csv", encoding="utf-8"))}
     assert set(rows) == set(expected)
@@ -242,3 +260,110 @@ def test_one_real_lab_grades_through_the_batch_command(tmp_path):
     (row,) = list(csv.DictReader(open(tmp_path / "out" / "grades.csv", encoding="utf-8")))
     assert row["status"] == "graded" and float(row["auto_score"]) == 2.0, row
     assert (tmp_path / "out" / "feedback" / "alice" / f"{LAB}.html").is_file()
+
+
+@pytest.mark.notebook
+def test_plain_nbgrader_autograde_puts_the_parameters_cell_back(tmp_path, fixture_course):
+    """Without the batch route's repair: nbgrader itself restores the read-only parameters cell,
+    so a submission that chose LAB_PROFILE = "full" is still graded in smoke (the stand-in lab's
+    setup cell fails every test in any other profile)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from nbgrader.api import Gradebook
+
+    from conftest import venv_env
+    course = tmp_path / "course"
+    shutil.copytree(fixture_course / "solutions", course / "solutions")
+    shutil.copy(fixture_course / "nbgrader_config.py", course / "nbgrader_config.py")
+    env = venv_env()
+    env.pop("LAB_PROFILE", None)  # nbgrader_config.py alone must choose the smoke profile
+
+    def nbgrader(*args):
+        run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+
+    nbgrader("generate_assignment", FIXTURE_LAB, "--force")
+    nb = correct_submission(FIXTURE_LAB, fixture_course)
+    cell = next(c for c in nb["cells"] if c["id"] == "parameters")
+    cell["source"] = source(cell).replace("LAB_PROFILE = None", 'LAB_PROFILE = "full"')
+    target = course / "submitted" / "bob" / FIXTURE_LAB / f"{FIXTURE_LAB}.ipynb"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(nb), encoding="utf-8")
+    nbgrader("autograde", FIXTURE_LAB, "--student", "bob", "--force")
+    graded = json.loads((course / "autograded" / "bob" / FIXTURE_LAB / f"{FIXTURE_LAB}.ipynb").read_text(encoding="utf-8"))
+    params = source(next(c for c in graded["cells"] if c["id"] == "parameters"))
+    assert "LAB_PROFILE = None" in params, params
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        score = gradebook.find_submission(FIXTURE_LAB, "bob").score
+    assert score == pytest.approx(2.0), f"graded {score}: the submission's own parameters were used"
+
+
+def test_the_command_exits_non_zero_when_it_finds_nothing_or_an_unknown_student(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert batch_grading.main([str(tmp_path / "empty"), "--course", str(REPO), "--out", str(tmp_path / "o")]) == 1
+    assert "no submission found" in capsys.readouterr().err
+    (tmp_path / "one" / "ann").mkdir(parents=True)
+    (tmp_path / "one" / "ann" / f"{LAB}.ipynb").write_text("{ not json", encoding="utf-8")
+    assert batch_grading.main([str(tmp_path / "one"), "--course", str(REPO), "--out", str(tmp_path / "o"),
+                               "--student", "zoe"]) == 1
+    err = capsys.readouterr().err
+    assert "no submission of student 'zoe'" in err and "ann" in err and "Traceback" not in err
+
+
+def _grade_rows(path):
+    import csv
+    with open(path, encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_shards_hold_whole_students_and_concatenate_to_the_whole_class(tmp_path):
+    """Files that cannot be graded (broken JSON) exercise the bookkeeping without running a notebook."""
+    root = tmp_path / "collected"
+    for student, labs in {"ann": [LAB, "02_torch_compile"], "ben": [LAB], "cy": [LAB], "dee": ["02_torch_compile"]}.items():
+        for lab in labs:
+            (root / student).mkdir(parents=True, exist_ok=True)
+            (root / student / f"{lab}.ipynb").write_text("{ not json", encoding="utf-8")
+    whole = _grade_rows(_run_into(root, tmp_path / "whole"))
+    parts = [_grade_rows(_run_into(root, tmp_path / f"part{i}", "--shard", f"{i}/3")) for i in (1, 2, 3)]
+    key = lambda r: (r["student"], r["lab"], r["status"])  # noqa: E731
+    assert sorted(map(key, whole)) == sorted(key(r) for part in parts for r in part)
+    assert ("ben", "02_torch_compile", "missing") in map(key, whole) and ("dee", LAB, "missing") in map(key, whole)
+    for part in parts:
+        assert len({r["student"] for r in part}) <= 2 and all(set(r) == set(whole[0]) for r in part)
+    assert not set().union(*[{r["student"] for r in a} & {r["student"] for r in b}
+                             for i, a in enumerate(parts) for b in parts[i + 1:]]), "a student in two shards"
+
+
+def _run_into(root, out, *extra):
+    batch_grading.main([str(root), "--course", str(REPO), "--out", str(out), *extra])
+    return out / "grades.csv"
+
+
+@pytest.mark.notebook
+def test_regrading_one_student_keeps_the_other_rows_and_no_stale_feedback(tmp_path, fixture_course):
+    root, out = tmp_path / "collected", tmp_path / "out"
+    good = correct_submission(FIXTURE_LAB, fixture_course)
+    for student in ("ann", "ben"):
+        (root / student).mkdir(parents=True)
+        (root / student / f"{FIXTURE_LAB}.ipynb").write_text(json.dumps(good), encoding="utf-8")
+    args = [str(root), "--course", str(fixture_course), "--out", str(out), "--jobs", "2", "--cell-timeout", "5"]
+    assert batch_grading.main(args) == 0
+    first = {r["student"]: r for r in _grade_rows(out / "grades.csv")}
+    first_cells = [r for r in _grade_rows(out / "grades_by_cell.csv") if r["student"] == "ann"]
+    broken = copy.deepcopy(good)  # ben hands in a new version that kills its kernel: no feedback this time
+    cell = next(c for c in broken["cells"] if c["id"] == "ex13-speedups")
+    cell["source"] = "import os\nos._exit(1)\n" + source(cell)
+    (root / "ben" / f"{FIXTURE_LAB}.ipynb").write_text(json.dumps(broken), encoding="utf-8")
+    assert batch_grading.main(args + ["--student", "ben"]) == 1, "ben's regrade failed: exit status 1"
+    rows = {r["student"]: r for r in _grade_rows(out / "grades.csv")}
+    assert set(rows) == {"ann", "ben"} and len(_grade_rows(out / "grades.csv")) == 2
+    assert rows["ann"] == first["ann"], "the other student's row is kept as it was"
+    assert rows["ben"]["status"] == "failed" and float(rows["ben"]["auto_score"]) == 0.0
+    cells = _grade_rows(out / "grades_by_cell.csv")
+    assert [r for r in cells if r["student"] == "ann"] == first_cells
+    assert not [r for r in cells if r["student"] == "ben"], "ben's old per-cell scores are gone"
+    assert (out / "feedback" / "ann" / f"{FIXTURE_LAB}.html").is_file()
+    assert not (out / "feedback" / "ben" / f"{FIXTURE_LAB}.html").exists(), "no stale feedback for a regrade"

@@ -94,6 +94,14 @@ def test_solutions_have_a_papermill_parameters_cell_of_literals(lab):
             "papermill overrides only literals: compute derived values in the next cell")
         names.update(t.id for t in node.targets)
     assert "LAB_PROFILE" in names
+    # Read-only for nbgrader, so autograding restores it: a submission cannot choose its own profile.
+    meta = cells[0]["metadata"]
+    assert meta.get("nbgrader", {}).get("locked") is True and not meta["nbgrader"].get("grade"), (
+        "the parameters cell must be a read-only nbgrader cell (locked, not graded)")
+    assert meta.get("deletable") is False, "the parameters cell must not be deletable"
+    released = next(c for c in release_notebook(lab)["cells"] if c.get("id") == cells[0].get("id"))
+    assert released["metadata"].get("editable", True), "students may edit it to run their copy in another profile"
+    assert source(released) == source(cells[0])
 
 
 def test_environment_yml_names_the_same_packages_as_pyproject():
