@@ -1,23 +1,36 @@
 """Export what students get, and nothing else, as one zip file.
 
-    uv run python -m helpers.student_bundle [--out dist/student-bundle.zip]
+    uv run python -m helpers.student_bundle --course-repo URL [--out dist/student-bundle.zip]
 
 In the bundle: the released labs (``labs/``), the ``helpers`` package and its data (without
 the instructor's grading tools), the environment files (``pyproject.toml``, ``uv.lock``,
-``environment.yml``), ``README.md``, ``LICENSE`` and the figures in ``images/``.  Never in
-it: ``solutions/`` (answers, hidden tests, mark schemes), ``tests/``, the nbgrader
-configuration and gradebook, and anything students handed in.  :func:`check_bundle` proves
-it: no solution or hidden-test marker and no line of a solution region anywhere inside.
+``environment.yml``), the students' README (``labs/README.md``, also as the top-level
+``README.md``: the instructor's README is not shipped), ``LICENSE`` and the figures in
+``images/``.  Never in it: ``solutions/`` (answers, hidden tests, mark schemes), ``tests/``,
+the nbgrader configuration and gradebook, and anything students handed in.
+:func:`check_bundle` proves it: no solution or hidden-test marker and no line of a solution
+region anywhere inside.
+
+``--course-repo`` is the public repository students install from on Colab (the labs' first
+cell runs ``pip install git+<it>``): a repository made from this bundle, never the instructor's
+own. It is written into every lab of the bundle, so it is set once, here; the command refuses
+the placeholder and this folder's own ``origin``. ``--no-colab`` leaves the placeholder (a
+class that does not use Colab).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
-TOP_FILES = ("README.md", "LICENSE", "pyproject.toml", "uv.lock", "environment.yml")
+TOP_FILES = ("LICENSE", "pyproject.toml", "uv.lock", "environment.yml")
+STUDENT_README = Path("labs") / "README.md"  # shipped as labs/README.md and as the bundle's README.md
+PLACEHOLDER = "https://github.com/REPLACE-WITH-YOUR-COURSE-REPOSITORY"
 TOP_FOLDERS = ("labs", "helpers", "images")
 # Instructor tools inside the helpers package: not needed to work a lab.
 INSTRUCTOR_MODULES = ("batch_grading.py", "submissions.py", "feedback.py", "student_bundle.py")
@@ -105,13 +118,43 @@ def check_bundle(zip_path: Path, course: Path) -> list[str]:
     return problems
 
 
-def build_bundle(course: Path, out: Path) -> Path:
-    """Write the zip; refuse (and delete it) if :func:`check_bundle` finds anything."""
+def _normalised(url: str) -> str:
+    """A repository URL without ``git+``, ``.git``, a trailing ``@<tag>`` or case, to compare two."""
+    url = url.strip().lower().removeprefix("git+").replace("git@github.com:", "https://github.com/")
+    head, _, last = url.rstrip("/").rpartition("/")
+    return re.sub(r"\.git$", "", f"{head}/{last.split('@', 1)[0]}")
+
+
+def check_course_repo(url: str, course: Path) -> str:
+    """``url`` if students can install from it; else ValueError saying why."""
+    if PLACEHOLDER in url or "REPLACE-WITH" in url:
+        raise ValueError("--course-repo is still the placeholder: give the URL of the public repository "
+                         "made from this bundle")
+    if not re.fullmatch(r"https://[^\s\"'{}]+", url):
+        raise ValueError(f"--course-repo must be an https:// URL without spaces or quotes, got {url!r}")
+    origin = subprocess.run(["git", "-C", str(course), "remote", "get-url", "origin"], capture_output=True,
+                            text=True).stdout.strip()
+    if origin and _normalised(origin) == _normalised(url):
+        raise ValueError(f"--course-repo {url} is this folder's own origin, which holds the solutions: "
+                         "publish the bundle as a separate repository and give its URL")
+    return url
+
+
+def build_bundle(course: Path, out: Path, course_repo: str | None = None) -> Path:
+    """Write the zip (with ``course_repo`` in every lab's install cell, when given); refuse (and
+    delete it) if :func:`check_bundle` finds anything."""
     course, out = Path(course).resolve(), Path(out)
+    if course_repo is not None:
+        check_course_repo(course_repo, course)
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for rel in bundle_files(course):
-            archive.write(course / rel, rel.as_posix())
+            if rel.suffix == ".ipynb" and rel.parts[0] == "labs" and course_repo is not None:
+                archive.writestr(rel.as_posix(), (course / rel).read_text(encoding="utf-8").replace(PLACEHOLDER, course_repo))
+            else:
+                archive.write(course / rel, rel.as_posix())
+        if (course / STUDENT_README).is_file():
+            archive.write(course / STUDENT_README, "README.md")
     problems = check_bundle(out, course)
     if problems:
         out.unlink()
@@ -122,11 +165,20 @@ def build_bundle(course: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.student_bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--course", type=Path, default=Path.cwd(), help="course folder (default: here)")
-    parser.add_argument("--out", type=Path, default=Path("dist/student-bundle.zip"))
+    parser.add_argument("--out", type=Path, default=Path("dist/student-bundle.zip"),
+                        help="the zip to write (default: dist/student-bundle.zip)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--course-repo", help="https URL of the public student repository made from this bundle "
+                                             "(Colab installs from it); may end in @<tag> to pin a release")
+    where.add_argument("--no-colab", action="store_true", help="leave the Colab install cell's placeholder")
     args = parser.parse_args(argv)
     if not (args.course / "labs").is_dir():
         parser.error(f"{args.course} has no labs/ folder: pass --course")
-    path = build_bundle(args.course, args.out)
+    try:
+        path = build_bundle(args.course, args.out, None if args.no_colab else args.course_repo)
+    except (ValueError, RuntimeError) as exc:
+        print(f"student_bundle: error: {exc}", file=sys.stderr)
+        return 1
     with zipfile.ZipFile(path) as archive:
         count = len(archive.namelist())
     print(f"wrote {path} ({count} files, {path.stat().st_size / 2**20:.1f} MiB); checked: no solutions, "

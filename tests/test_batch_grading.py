@@ -8,6 +8,7 @@ grade one correct submission of a real lab (01) the same way, feedback included,
 
 import copy
 import json
+import subprocess
 import zipfile
 
 import nbformat
@@ -17,7 +18,7 @@ from bad_submissions import FIXTURE_COURSE, FIXTURE_LAB, FIXTURE_OTHER_LAB, LAB,
 from conftest import REPO
 from helpers import batch_grading
 from helpers.feedback import HideHiddenTests, strip_region
-from helpers.student_bundle import build_bundle, bundle_files, check_bundle
+from helpers.student_bundle import PLACEHOLDER, build_bundle, bundle_files, check_bundle
 from helpers.submissions import (collect, lab_from_name, redefinitions, release_notebooks, repair,
                                  student_from_flat_name)
 from notebook_tools import solution_notebook, source
@@ -166,12 +167,37 @@ def test_strip_region_keeps_what_is_outside():
 
 
 def test_student_bundle_has_the_labs_and_helpers_and_no_instructor_material(tmp_path):
-    path = build_bundle(REPO, tmp_path / "bundle.zip")
-    names = set(zipfile.ZipFile(path).namelist())
+    url = "https://github.com/some-school/inference-labs-2027@term-1"
+    path = build_bundle(REPO, tmp_path / "bundle.zip", course_repo=url)
+    archive = zipfile.ZipFile(path)
+    names = set(archive.namelist())
     assert {f"labs/{lab}/{lab}.ipynb" for lab in LABS} <= names
     assert "helpers/__init__.py" in names and "uv.lock" in names and "helpers/data/qa_pairs.jsonl" in names
     assert not [n for n in names if n.startswith(("solutions/", "tests/", ".ci/")) or "batch_grading" in n]
     assert check_bundle(path, REPO) == []
+    readme = archive.read("README.md").decode()
+    assert readme == (REPO / "labs" / "README.md").read_text(encoding="utf-8"), "the students' README, not this one"
+    assert "pytest" not in readme and "batch_grading" not in readme and "--compile-bytecode" in readme
+    for lab in LABS:
+        text = archive.read(f"labs/{lab}/{lab}.ipynb").decode()
+        assert url in text and PLACEHOLDER not in text, f"{lab}: the course repository is set in the bundle"
+
+
+def test_student_bundle_refuses_a_placeholder_or_the_instructors_own_repository(tmp_path, capsys):
+    from helpers import student_bundle
+    assert student_bundle.main(["--course", str(REPO), "--out", str(tmp_path / "b.zip"),
+                                "--course-repo", PLACEHOLDER]) == 1
+    assert "placeholder" in capsys.readouterr().err
+    course = tmp_path / "course"  # a course folder whose origin is the URL given
+    course.mkdir()
+    subprocess.run(["git", "init", "-q", str(course)], check=True)
+    subprocess.run(["git", "-C", str(course), "remote", "add", "origin", "git@github.com:prof/course.git"], check=True)
+    with pytest.raises(ValueError, match="own origin"):
+        student_bundle.check_course_repo("https://github.com/Prof/course@v2", course)
+    assert student_bundle.check_course_repo("https://github.com/prof/course-students", course)
+    with pytest.raises(SystemExit):  # neither --course-repo nor --no-colab: argparse says which is needed
+        student_bundle.main(["--course", str(REPO), "--out", str(tmp_path / "b.zip")])
+    assert "--course-repo" in capsys.readouterr().err
 
 
 def test_bundle_check_catches_a_leaked_solution(tmp_path):
