@@ -23,8 +23,11 @@ c.CourseDirectory.feedback_directory = "feedback"
 # Data files next to a notebook travel with it; never checkpoints or caches.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]
 
-# One kernel for everyone: the Python that runs nbgrader (the course's virtual environment).
-c.Execute.kernel_name = "python3"
+# One kernel for everyone: the Python that runs nbgrader (the course's virtual environment), under
+# a name of its own, so a user's or the system's `python3` kernelspec cannot stand in for it.
+from helpers.kernel import register_course_kernel  # noqa: E402
+
+c.Execute.kernel_name = register_course_kernel()
 c.ClearSolutions.enforce_metadata = True
 # Each cell gets this long before the kernel is interrupted and the cell scored as an error.
 # The slowest smoke-profile cell of lab 01 takes a few seconds on 2 cores; 120 s leaves room

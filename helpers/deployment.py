@@ -268,6 +268,13 @@ def dependency_footprint(names: Sequence[str]) -> "pandas.DataFrame":  # noqa: F
     return table
 
 
+def venv_python(where: str | Path, *, windows: bool | None = None) -> Path:
+    """The interpreter of the virtual environment at ``where``: ``bin/python`` on Linux and
+    macOS, ``Scripts\\python.exe`` on Windows (``windows``: default, this machine's OS)."""
+    windows = (os.name == "nt") if windows is None else windows
+    return Path(where) / ("Scripts" if windows else "bin") / ("python.exe" if windows else "python")
+
+
 def fresh_venv_footprint(requirements: str | Path, where: str | Path, *, timeout: float = 900) -> dict:
     """Install ``requirements`` into a new virtual environment at ``where`` and measure it.
 
@@ -280,10 +287,10 @@ def fresh_venv_footprint(requirements: str | Path, where: str | Path, *, timeout
     uv = shutil.which("uv")
     if uv:
         subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(where)], check=True, timeout=timeout)
-        cmd = [uv, "pip", "install", "--quiet", "--python", str(where / "bin" / "python"), "-r", str(requirements)]
+        cmd = [uv, "pip", "install", "--quiet", "--python", str(venv_python(where)), "-r", str(requirements)]
     else:
         subprocess.run([sys.executable, "-m", "venv", str(where)], check=True, timeout=timeout)
-        cmd = [str(where / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r", str(requirements)]
+        cmd = [str(venv_python(where)), "-m", "pip", "install", "--quiet", "-r", str(requirements)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if run.returncode != 0:
         raise RuntimeError(f"installing {requirements} failed:\n{run.stderr[-2000:]}")

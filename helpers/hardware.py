@@ -192,13 +192,43 @@ def use_threads(threads: int) -> int:
     return count
 
 
+_COMPILES: dict[str, str | None] = {}  # compiler path -> None if it builds a program, else why not
+
+
+def _builds_a_program(path: str) -> str | None:
+    """None when ``path`` compiles and links a one-line C++ program, else what went wrong.
+
+    Found is not enough: on macOS ``/usr/bin/clang++`` exists without the Command Line Tools
+    (it only offers to install them), and torch.compile would fail on its first call.
+    """
+    if path not in _COMPILES:
+        import subprocess
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                run = subprocess.run([path, "-x", "c++", "-", "-o", os.path.join(tmp, "a.out")],
+                                     input="int main() { return 0; }\n", capture_output=True, text=True, timeout=120)
+                _COMPILES[path] = None if run.returncode == 0 else (
+                    (run.stderr.strip().splitlines() or [f"exit code {run.returncode}"])[-1][:200])
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                _COMPILES[path] = f"{type(exc).__name__}: {exc}"[:200]
+    return _COMPILES[path]
+
+
 def cpp_compiler() -> Capability:
-    """Whether torch.compile can build CPU kernels: Inductor writes C++ and needs a compiler for it."""
+    """Whether torch.compile can build CPU kernels: Inductor writes C++ and needs a compiler that works."""
     import shutil
     for name in ("c++", "g++", "clang++", "cl"):
         path = shutil.which(name)
-        if path:
+        if path and name == "cl":  # MSVC takes other flags; found on PATH means a Developer prompt
             return Capability(True, f"C++ compiler found ({path}): torch.compile can build CPU kernels")
+        if path:
+            problem = _builds_a_program(path)
+            if problem is None:
+                return Capability(True, f"C++ compiler found ({path}): torch.compile can build CPU kernels")
+            return Capability(False, f"{path} is on PATH but cannot build a C++ program ({problem}): "
+                                     "torch.compile's CPU backend needs a working compiler. macOS: "
+                                     "xcode-select --install; Linux: install g++; or run this lab in Colab")
     return Capability(False, "no C++ compiler on PATH: torch.compile's CPU backend (Inductor) needs one. "
                              "Install build tools (Linux: g++; macOS: xcode-select --install; Windows: "
                              "MSVC Build Tools), or run this lab in Colab")

@@ -138,7 +138,7 @@ def test_readme_gives_three_setup_commands_and_ci_runs_them():
 def test_nbgrader_config_points_at_solutions_and_labs():
     text = (REPO / "nbgrader_config.py").read_text()
     for needle in ['source_directory = "solutions"', 'release_directory = "labs"', "add_missing_cells = True",
-                   'kernel_name = "python3"', "Execute.timeout"]:
+                   "kernel_name = register_course_kernel()", "Execute.timeout"]:
         assert needle in text
 
 

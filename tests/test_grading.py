@@ -130,3 +130,30 @@ def test_kernels_nbgrader_starts_run_smoke_however_nbgrader_was_started(monkeypa
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; print(os.environ.get('LAB_PROFILE'))")])
     out, _ = Execute(config=Config(config)).preprocess(nb, {})
     assert out.cells[0].outputs[0]["text"].strip() == "smoke"
+
+
+def test_nbgrader_runs_this_interpreter_even_when_a_user_python3_kernel_points_elsewhere(monkeypatch, tmp_path):
+    """A user-level `python3` kernelspec for another Python (no torch there) must not be used."""
+    import json
+    import sys
+
+    import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
+    from nbgrader.preprocessors import Execute
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from conftest import REPO
+    bogus = tmp_path / "data" / "kernels" / "python3"
+    bogus.mkdir(parents=True)
+    (bogus / "kernel.json").write_text(json.dumps({"argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f",
+                                                            "{connection_file}"], "display_name": "x", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "data"))  # searched first: it shadows every other python3
+    monkeypatch.setattr("sys.argv", ["nbgrader", "autograde"])
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == "/nonexistent/python"
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(REPO)).load_config()
+    name = config.Execute.kernel_name
+    assert KernelSpecManager().get_kernel_spec(name).argv[0] == sys.executable
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys; print(sys.executable)")])
+    out, _ = Execute(config=Config(config)).preprocess(nb, {})
+    assert out.cells[0].outputs[0]["text"].strip() == sys.executable

@@ -69,12 +69,25 @@ def test_runtime_environment_and_summary():
 
 def test_cpp_compiler_check_says_what_to_install_when_missing(monkeypatch):
     import shutil
+    real = shutil.which("g++") or shutil.which("c++")
     monkeypatch.setattr(shutil, "which", lambda name: None)
     check = helpers.cpp_compiler()
     assert not check.ok and "C++ compiler" in check.reason and "Colab" in check.reason
-    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    monkeypatch.setattr(shutil, "which", lambda name: real if name == "g++" else None)
     check = helpers.cpp_compiler()
-    assert check.ok and "/usr/bin/g++" in check.reason
+    assert check.ok and real in check.reason
+
+
+def test_cpp_compiler_check_compiles_instead_of_trusting_a_name_on_path(monkeypatch, tmp_path):
+    """macOS has /usr/bin/clang++ without the Command Line Tools: found, but it cannot build anything."""
+    import shutil
+    shim = tmp_path / "clang++"
+    shim.write_text("#!/bin/sh\necho 'xcrun: error: invalid active developer path' >&2\nexit 1\n")
+    shim.chmod(0o755)
+    monkeypatch.setattr(shutil, "which", lambda name: str(shim) if name == "clang++" else None)
+    check = helpers.cpp_compiler()
+    assert not check.ok and "cannot build a C++ program" in check.reason and "xcode-select" in check.reason
+    assert "invalid active developer path" in check.reason
 
 
 def test_cpu_features_name_the_instructions_that_flip_results(monkeypatch, tmp_path):

@@ -186,3 +186,13 @@ def test_stop_children_stops_what_this_process_started():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     assert child.pid in dep.stop_children(timeout=5)
     assert child.wait(timeout=5) is not None
+
+
+def test_venv_python_is_where_each_os_puts_it(tmp_path):
+    import venv
+
+    from helpers.deployment import venv_python
+    assert venv_python(tmp_path, windows=False) == tmp_path / "bin" / "python"
+    assert venv_python(tmp_path, windows=True) == tmp_path / "Scripts" / "python.exe"
+    venv.create(tmp_path / "env", with_pip=False)
+    assert venv_python(tmp_path / "env").is_file(), "this machine's venv layout"
