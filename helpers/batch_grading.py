@@ -41,9 +41,11 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
-from .submissions import Submission, collect, is_test_cell, redefinitions, release_notebooks, repair
+from .submissions import (Submission, apply_deadline, collect, is_test_cell, read_roster, redefinitions,
+                          release_notebooks, repair)
 
 COLUMNS = ["student", "lab", "status", "auto_score", "auto_max", "manual_max", "needs_manual_grading",
            "file", "reason", "seconds"]
@@ -208,9 +210,10 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
     return row, cells
 
 
-def _missing_rows(rows: list[dict], labs: list[str]) -> list[dict]:
-    """A row for every student of ``rows`` and lab of the whole batch (``labs``) with no submission at all."""
-    students = sorted({r["student"] for r in rows})
+def _missing_rows(rows: list[dict], labs: list[str], students: list[str] | None = None) -> list[dict]:
+    """A row for every student (of ``rows``, or ``students``: the roster) and lab of the whole batch
+    (``labs``) with no submission at all."""
+    students = sorted(set(students) if students is not None else {r["student"] for r in rows})
     have = {(r["student"], r["lab"]) for r in rows}
     return [{"student": s, "lab": lab, "status": "missing", "auto_score": 0.0, "auto_max": "", "manual_max": "",
              "needs_manual_grading": "", "file": "", "reason": "no submission for this lab in the folder",
@@ -225,13 +228,24 @@ def _in_shard(student: str, students: list[str], shard: tuple[int, int]) -> bool
 
 def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, cell_timeout: int = 120,
                  timeout: int = 900, shard: tuple[int, int] = (1, 1), student: str | None = None,
+                 roster: list[str] | None = None, deadline: datetime | None = None,
                  progress=print) -> list[dict]:
     """Grade everything under ``submissions`` (or one ``student``'s files); write the tables and
-    feedback under ``out``, merged with what an earlier run left there; return this run's rows."""
+    feedback under ``out``, merged with what an earlier run left there; return this run's rows.
+
+    ``roster``: every student of the class, so one who sent nothing at all is listed ``missing``
+    for every lab, and a file from someone not on it is flagged. ``deadline``: late submissions
+    are noted (and graded: the penalty is the instructor's call)."""
     course, out = Path(course).resolve(), Path(out).resolve()
     releases = release_notebooks(course)
     subs = [repair(s, releases[s.lab]) if s.gradable else s for s in collect(Path(submissions), releases)]
-    students = sorted({s.student for s in subs})
+    if deadline is not None:
+        apply_deadline(subs, deadline)
+    if roster is not None:
+        for sub in subs:
+            if sub.student not in roster:
+                sub.notes.append(f"'{sub.student}' is not on the roster: check whose file this is")
+    students = sorted({s.student for s in subs} | set(roster or []))
     all_labs = sorted({s.lab for s in subs if s.lab != "unknown"})
     if student is not None:
         if student not in students:
@@ -266,7 +280,8 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
             score = f"{row['auto_score']}/{row['auto_max']}" if row["status"] == "graded" else row["status"]
             progress(f"  {row['student']} / {row['lab']}: {score}" + (f"  ({row['reason']})" if row["reason"] else ""))
     if student is None:
-        rows += _missing_rows(rows, all_labs)
+        mine = [r for r in (roster or []) if _in_shard(r, students, shard)] if roster is not None else None
+        rows += _missing_rows(rows, all_labs, None if mine is None else mine + [r["student"] for r in rows])
     rows.sort(key=lambda r: (r["student"], r["lab"]))
     graded = {(r["student"], r["lab"]): r["status"] for r in rows}
     _merge_csv(out / "grades.csv", COLUMNS, rows, graded)
@@ -324,6 +339,13 @@ def _shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def _deadline(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--deadline takes a date and time like 2027-01-15T23:59, got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.batch_grading", description=__doc__.split("\n\n")[0])
     parser.add_argument("submissions", type=Path, help="folder of collected submissions (any layout, see docs)")
@@ -335,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds one submission may take in all (default: 900)")
     parser.add_argument("--shard", type=_shard, default=(1, 1),
                         help="grade slice i of n, whole students per slice, on several machines (default: 1/1, all)")
+    parser.add_argument("--roster", type=Path, default=None,
+                        help="CSV of the class (a 'student' column, or the first): lists students who sent "
+                             "nothing and flags files from anyone not on it (default: none)")
+    parser.add_argument("--deadline", type=_deadline, default=None,
+                        help="e.g. 2027-01-15T23:59 (local time) or 2027-01-15T23:59+00:00: notes late "
+                             "submissions, from nbgrader's timestamp.txt, the LMS's name or the file's time")
     parser.add_argument("--student", default=None,
                         help="grade only this student's files and merge them into --out: a regrade (default: everyone)")
     args = parser.parse_args(argv)
@@ -344,10 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"submissions folder {args.submissions} does not exist")
     start = time.perf_counter()
     try:
+        roster = read_roster(args.roster) if args.roster is not None else None
         rows = grade_folder(args.submissions, args.course, args.out, jobs=args.jobs,
                             cell_timeout=args.cell_timeout, timeout=args.timeout, shard=args.shard,
-                            student=args.student)
-    except (LookupError, FileNotFoundError, RuntimeError) as exc:
+                            student=args.student, roster=roster, deadline=args.deadline)
+    except (LookupError, FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
         print(f"batch_grading: error: {exc}", file=sys.stderr)
         return 1
     print(summary(rows))

@@ -21,6 +21,7 @@ import copy
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 LARGE_OUTPUTS_BYTES = 1_000_000
@@ -36,6 +37,10 @@ class Submission:
     notebook: dict | None = None
     notes: list[str] = field(default_factory=list)
     problem: str | None = None  # set when the file cannot be graded at all
+    submitted_at: datetime | None = None  # when it was handed in, from the best source there is
+    when_from: str = ""                   # that source: nbgrader's timestamp.txt, the LMS's name, the file's time
+    attempt: int = 0                      # the LMS's resubmission number (Canvas "-1", "-2"), 0 for the first
+    lms_late: bool = False                # the LMS marked it late (Canvas "_LATE_")
 
     @property
     def gradable(self) -> bool:
@@ -81,6 +86,39 @@ def lab_from_name(name: str, labs: list[str]) -> str | None:
     key = name.lower().replace(" ", "_").replace("-", "_")
     found = [lab for lab in labs if lab in key]
     return max(found, key=len) if found else None
+
+
+# What LMS downloads call a file or folder (the lab's own file name comes after the prefix):
+#   Canvas      smithjohn_12345_678910_01_eval_mode.ipynb, smithjohn_LATE_12345_678910_01_eval_mode-1.ipynb
+#   Moodle      John Smith_123456_assignsubmission_file_/01_eval_mode.ipynb (a folder per student)
+#   Blackboard  Lab 01_jsmith_attempt_2027-01-15-23-58-10_01_eval_mode.ipynb
+_CANVAS = re.compile(r"^(?P<student>[a-z0-9]+)_(?P<late>late_)?\d+_\d+_(?P<rest>.+?)(?:-(?P<attempt>\d+))?$",
+                     re.IGNORECASE)
+_MOODLE = re.compile(r"^(?P<student>.+?)_\d+_assignsubmission_(?:file|onlinetext)_?(?P<rest>.*)$")
+_BLACKBOARD = re.compile(r"^.+?_(?P<student>[^_\s]+)_attempt_(?P<stamp>\d{4}(?:-\d{2}){5})(?:_(?P<rest>.*))?$")
+
+
+@dataclass(frozen=True)
+class LmsName:
+    """What an LMS download's name says: whose, which resubmission, when, late or not."""
+
+    student: str
+    attempt: int = 0
+    submitted_at: datetime | None = None
+    late: bool = False
+    lms: str = ""
+
+
+def parse_lms_name(name: str) -> LmsName | None:
+    """The student (and attempt, time, late flag) in a Canvas, Moodle or Blackboard download name, else None."""
+    if m := _BLACKBOARD.match(name):
+        stamp = datetime.strptime(m["stamp"], "%Y-%m-%d-%H-%M-%S")
+        return LmsName(m["student"], submitted_at=stamp, lms="Blackboard")
+    if m := _MOODLE.match(name):
+        return LmsName(m["student"].strip(), lms="Moodle")
+    if m := _CANVAS.match(name):
+        return LmsName(m["student"], attempt=int(m["attempt"] or 0), late=bool(m["late"]), lms="Canvas")
+    return None
 
 
 def student_from_flat_name(stem: str, lab: str | None) -> str:
@@ -136,12 +174,16 @@ def collect(root: Path, releases: dict[str, dict]) -> list[Submission]:
         if any(part.startswith(".") for part in rel.parts):
             continue  # .ipynb_checkpoints and other hidden folders
         name_lab = lab_from_name(path.stem, labs)
-        if len(rel.parts) > 1:
+        lms = parse_lms_name(rel.parts[0] if len(rel.parts) > 1 else path.stem)
+        if lms is not None:
+            student = lms.student
+        elif len(rel.parts) > 1:
             student = rel.parts[0]
         else:
             student = student_from_flat_name(path.stem, name_lab)
         nb, problem = _read(path)
         sub = Submission(student=student, lab=name_lab, path=path, notebook=nb, problem=problem)
+        _when(sub, lms)
         if not student:
             sub.student = path.stem
             sub.problem = sub.problem or (f"cannot tell whose submission this is from '{rel}': put it in a folder "
@@ -162,20 +204,95 @@ def collect(root: Path, releases: dict[str, dict]) -> list[Submission]:
     return _newest_per_student_and_lab(found)
 
 
+def _when(sub: Submission, lms: LmsName | None) -> None:
+    """When ``sub`` was handed in: nbgrader's ``timestamp.txt`` beside it (the exchange writes it),
+    else the time in the LMS's name, else the file's modification time, which an LMS download sets
+    to the time of the download (so it only orders files, it does not date them)."""
+    stamp = sub.path.parent / "timestamp.txt" if sub.path else None
+    if lms is not None:
+        sub.attempt, sub.lms_late = lms.attempt, lms.late
+    if stamp is not None and stamp.is_file():
+        try:
+            sub.submitted_at = _parse_time(stamp.read_text(encoding="utf-8").strip())
+            sub.when_from = "nbgrader's timestamp.txt"
+            return
+        except ValueError:
+            sub.notes.append(f"timestamp.txt beside the file does not hold a time: {stamp.read_text()[:40]!r}")
+    if lms is not None and lms.submitted_at is not None:
+        sub.submitted_at, sub.when_from = lms.submitted_at, f"the {lms.lms} file name"
+    elif sub.path is not None:
+        sub.submitted_at = datetime.fromtimestamp(sub.path.stat().st_mtime)
+        sub.when_from = "the file's modification time"
+
+
+def _parse_time(text: str) -> datetime:
+    """A time as nbgrader writes it (``2027-01-15 23:58:10.123456 UTC``) or in ISO 8601; naive = local."""
+    text = text.strip()
+    for suffix in (" UTC", "Z"):
+        if text.endswith(suffix):
+            return datetime.fromisoformat(text[: -len(suffix)].strip()).replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(text)
+
+
+def _order(sub: Submission) -> tuple:
+    """Newer submissions sort higher: a higher LMS attempt number first, then the time handed in."""
+    when = sub.submitted_at
+    stamp = when.timestamp() if when is not None else 0.0
+    return (sub.gradable, sub.attempt, stamp)
+
+
 def _newest_per_student_and_lab(subs: list[Submission]) -> list[Submission]:
     by_key: dict[tuple[str, str], list[Submission]] = {}
     for sub in subs:
         by_key.setdefault((sub.student, sub.lab), []).append(sub)
     chosen = []
     for group in by_key.values():
-        group.sort(key=lambda s: (s.gradable, s.path.stat().st_mtime if s.path else 0.0), reverse=True)
+        group.sort(key=_order, reverse=True)
         best = group[0]
         if len(group) > 1:
             others = ", ".join(f"'{s.path.name}'" for s in group[1:])
-            best.notes.append(f"{len(group)} files for this lab; graded '{best.path.name}' (newest readable), "
+            how = "highest resubmission number" if best.attempt else f"newest by {best.when_from or 'file time'}"
+            best.notes.append(f"{len(group)} files for this lab; graded '{best.path.name}' ({how}, readable), "
                               f"not {others}")
         chosen.append(best)
     return sorted(chosen, key=lambda s: (s.student, s.lab))
+
+
+def apply_deadline(subs: list[Submission], deadline: datetime) -> None:
+    """Note every submission handed in after ``deadline`` (graded all the same: the penalty is the
+    instructor's call), saying where the time came from; a file time is called out as unreliable."""
+    for sub in subs:
+        if sub.lms_late:
+            sub.notes.append("late: the LMS marked it late")
+            continue
+        when = sub.submitted_at
+        if when is None:
+            continue
+        a, b = when, deadline
+        if (a.tzinfo is None) != (b.tzinfo is None):  # compare a naive local time with an aware one
+            a, b = a.astimezone(), b.astimezone()
+        if a > b:
+            late = a - b
+            hours = late.total_seconds() / 3600
+            size = f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days"
+            caveat = " (LMS downloads set it to the download time: check in the LMS)" if "modification" in sub.when_from else ""
+            sub.notes.append(f"late by {size} (from {sub.when_from}{caveat})")
+
+
+def read_roster(path: Path) -> list[str]:
+    """Student ids from a roster CSV: the column named ``student`` (or ``id``, ``login``, ``username``),
+    else the first column; blank lines and a header are skipped."""
+    import csv
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = [row for row in csv.reader(fh) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise ValueError(f"roster {path} is empty")
+    header = [cell.strip().lower() for cell in rows[0]]
+    for name in ("student", "id", "login", "username"):
+        if name in header:
+            col = header.index(name)
+            return [row[col].strip() for row in rows[1:] if len(row) > col and row[col].strip()]
+    return [row[0].strip() for row in rows if row[0].strip()]
 
 
 # --- make it gradable, honestly ---------------------------------------------------------------

@@ -393,3 +393,69 @@ def test_regrading_one_student_keeps_the_other_rows_and_no_stale_feedback(tmp_pa
     assert not [r for r in cells if r["student"] == "ben"], "ben's old per-cell scores are gone"
     assert (out / "feedback" / "ann" / f"{FIXTURE_LAB}.html").is_file()
     assert not (out / "feedback" / "ben" / f"{FIXTURE_LAB}.html").exists(), "no stale feedback for a regrade"
+
+
+@pytest.mark.parametrize("name, student, attempt, late, when", [
+    ("smithjohn_12345_678910_01_eval_mode", "smithjohn", 0, False, None),
+    ("smithjohn_LATE_12345_678910_01_eval_mode-2", "smithjohn", 2, True, None),
+    ("John Smith_123456_assignsubmission_file_", "John Smith", 0, False, None),  # a Moodle folder
+    ("Lab 01_jsmith_attempt_2027-01-15-23-58-10_01_eval_mode", "jsmith", 0, False, "2027-01-15T23:58:10"),
+    ("alice_01_eval_mode", None, 0, False, None),  # not an LMS name: the flat-name rules apply
+])
+def test_lms_download_names_give_the_student_attempt_and_time(name, student, attempt, late, when):
+    from datetime import datetime
+
+    from helpers.submissions import parse_lms_name
+    parsed = parse_lms_name(name)
+    if student is None:
+        assert parsed is None
+        return
+    assert (parsed.student, parsed.attempt, parsed.late) == (student, attempt, late)
+    assert parsed.submitted_at == (datetime.fromisoformat(when) if when else None)
+
+
+def test_canvas_resubmissions_and_nbgrader_timestamps_decide_newest_and_late(tmp_path, releases):
+    import os
+    from datetime import datetime
+
+    from helpers.submissions import apply_deadline
+    good = json.dumps(correct_submission())
+    root = tmp_path / "canvas"
+    root.mkdir()
+    first, second = root / f"smithjohn_12345_678910_{LAB}.ipynb", root / f"smithjohn_LATE_12345_678911_{LAB}-1.ipynb"
+    first.write_text(good, encoding="utf-8")
+    second.write_text(good, encoding="utf-8")
+    os.utime(second, (1e9, 1e9))  # the download made the resubmission look older: the "-1" still wins
+    (sub,) = collect(root, releases)
+    assert sub.student == "smithjohn" and sub.path == second and "highest resubmission number" in sub.notes[0]
+    apply_deadline([sub], datetime(2030, 1, 1))
+    assert any("the LMS marked it late" in n for n in sub.notes)
+    exchange = tmp_path / "exchange"  # nbgrader's collect layout: submitted/<student>/<lab>/ + timestamp.txt
+    (exchange / "ann" / LAB).mkdir(parents=True)
+    (exchange / "ann" / LAB / f"{LAB}.ipynb").write_text(good, encoding="utf-8")
+    (exchange / "ann" / LAB / "timestamp.txt").write_text("2027-01-16 01:30:00.000000 UTC", encoding="utf-8")
+    (sub,) = collect(exchange, releases)
+    apply_deadline([sub], datetime.fromisoformat("2027-01-15T23:30:00+00:00"))
+    assert sub.student == "ann" and any("late by 2.0 h (from nbgrader's timestamp.txt)" in n for n in sub.notes)
+    (sub,) = collect(exchange, releases)
+    apply_deadline([sub], datetime.fromisoformat("2027-01-16T02:00:00+00:00"))
+    assert not any("late" in n for n in sub.notes)
+
+
+def test_a_roster_lists_who_sent_nothing_and_flags_strangers(tmp_path):
+    root = tmp_path / "collected"
+    for student in ("ann", "zed"):
+        (root / student).mkdir(parents=True)
+        (root / student / f"{LAB}.ipynb").write_text("{ not json", encoding="utf-8")  # nothing to run
+    roster = tmp_path / "roster.csv"
+    roster.write_text("name,student\nAnn A,ann\nBen B,ben\n", encoding="utf-8")
+    code = batch_grading.main([str(root), "--course", str(REPO), "--out", str(tmp_path / "out"),
+                               "--roster", str(roster), "--deadline", "2027-01-15T23:59"])
+    assert code == 0
+    rows = {(r["student"], r["lab"]): r for r in _grade_rows(tmp_path / "out" / "grades.csv")}
+    assert rows[("ben", LAB)]["status"] == "missing", "on the roster, sent nothing"
+    assert "not on the roster" in rows[("zed", LAB)]["reason"]
+    assert "not on the roster" not in rows[("ann", LAB)]["reason"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("", encoding="utf-8")
+    assert batch_grading.main([str(root), "--course", str(REPO), "--out", str(tmp_path / "o2"), "--roster", str(bad)]) == 1
