@@ -48,7 +48,7 @@ from .submissions import (Submission, apply_deadline, collect, is_test_cell, rea
                           release_notebooks, repair)
 
 COLUMNS = ["student", "lab", "status", "auto_score", "auto_max", "manual_max", "needs_manual_grading",
-           "file", "reason", "seconds"]
+           "manual_score", "total", "file", "reason", "seconds"]  # manual_score, total: helpers.manual_marks
 CELL_COLUMNS = ["student", "lab", "grade_id", "score", "max_score", "needs_manual_grade"]
 
 
@@ -286,6 +286,9 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
     graded = {(r["student"], r["lab"]): r["status"] for r in rows}
     _merge_csv(out / "grades.csv", COLUMNS, rows, graded)
     _merge_csv(out / "grades_by_cell.csv", CELL_COLUMNS, cells, graded)
+    from .manual_marks import write_template  # one row per written answer waiting for a person
+    with open(out / "grades_by_cell.csv", newline="", encoding="utf-8") as fh:
+        write_template(out, list(csv.DictReader(fh)))
     return rows
 
 

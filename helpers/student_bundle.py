@@ -33,7 +33,7 @@ STUDENT_README = Path("labs") / "README.md"  # shipped as labs/README.md and as 
 PLACEHOLDER = "https://github.com/REPLACE-WITH-YOUR-COURSE-REPOSITORY"
 TOP_FOLDERS = ("labs", "helpers", "images")
 # Instructor tools inside the helpers package: not needed to work a lab.
-INSTRUCTOR_MODULES = ("batch_grading.py", "submissions.py", "feedback.py", "student_bundle.py")
+INSTRUCTOR_MODULES = ("batch_grading.py", "submissions.py", "feedback.py", "manual_marks.py", "student_bundle.py")
 SKIP_PARTS = ("__pycache__", ".ipynb_checkpoints")
 MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "Model answer (for graders")
 

@@ -459,3 +459,42 @@ def test_a_roster_lists_who_sent_nothing_and_flags_strangers(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("", encoding="utf-8")
     assert batch_grading.main([str(root), "--course", str(REPO), "--out", str(tmp_path / "o2"), "--roster", str(bad)]) == 1
+
+
+@pytest.mark.notebook
+def test_written_answer_marks_go_into_the_grades_and_feedback(tmp_path, fixture_course, capsys):
+    from helpers import manual_marks
+    root, out = tmp_path / "collected", tmp_path / "out"
+    good = correct_submission(FIXTURE_LAB, fixture_course)
+    for student in ("ann", "ben"):
+        (root / student).mkdir(parents=True)
+        (root / student / f"{FIXTURE_LAB}.ipynb").write_text(json.dumps(good), encoding="utf-8")
+    assert batch_grading.main([str(root), "--course", str(fixture_course), "--out", str(out), "--jobs", "2"]) == 0
+    marks = _grade_rows(out / "manual_marks.csv")
+    assert [(r["student"], r["grade_id"], r["max_score"], r["score"]) for r in marks] == [
+        ("ann", "ex14-answer", "1.0", ""), ("ben", "ex14-answer", "1.0", "")]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("student,lab,grade_id,score\nann,fx01_speedups,ex14-answer,5\nzoe,fx01_speedups,ex14-answer,1\n",
+                   encoding="utf-8")
+    before = (out / "grades.csv").read_bytes()
+    assert manual_marks.main([str(bad), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "line 2: score 5 is outside 0..1" in err and "line 3: no answer" in err and "nothing applied" in err
+    assert (out / "grades.csv").read_bytes() == before
+    marks[0].update(score="0.5", comment="Right idea; <cite> the spread.")
+    filled = out / "manual_marks.csv"
+    with open(filled, "w", newline="", encoding="utf-8") as fh:
+        import csv
+        writer = csv.DictWriter(fh, fieldnames=list(marks[0]))
+        writer.writeheader()
+        writer.writerows(marks)
+    assert manual_marks.main([str(filled), "--out", str(out)]) == 0
+    once = (out / "grades.csv").read_bytes()
+    assert manual_marks.main([str(filled), "--out", str(out)]) == 0
+    assert (out / "grades.csv").read_bytes() == once, "applying the same marks twice gives the same table"
+    rows = {r["student"]: r for r in _grade_rows(out / "grades.csv")}
+    assert rows["ann"]["manual_score"] == "0.5" and float(rows["ann"]["total"]) == 2.5
+    assert rows["ann"]["needs_manual_grading"] == "" and rows["ben"]["needs_manual_grading"] == "ex14-answer"
+    page = (out / "feedback" / "ann" / f"{FIXTURE_LAB}.html").read_text(encoding="utf-8")
+    assert page.count("Written answers, graded by a person") == 1 and "&lt;cite&gt; the spread" in page
+    assert "Written answers, graded by a person" not in (out / "feedback" / "ben" / f"{FIXTURE_LAB}.html").read_text()
