@@ -268,6 +268,19 @@ def dependency_footprint(names: Sequence[str]) -> "pandas.DataFrame":  # noqa: F
     return table
 
 
+PACKAGED_SERVING = Path(__file__).resolve().parent / "serving"  # in a wheel: labs/07_deployment/serving
+
+
+def serving_dir(beside: str | Path = "serving") -> Path:
+    """Lab 07's server folder: the one beside the notebook (a course checkout), else the copy the
+    ``helpers`` wheel carries (Colab, where only the notebook is opened); a clear error otherwise."""
+    for folder in (Path(beside), PACKAGED_SERVING):
+        if (folder / "common.py").is_file():
+            return folder
+    raise FileNotFoundError(f"no server folder: neither {Path(beside).resolve()} (run the notebook from its own "
+                            f"folder, the one that holds serving/) nor a copy inside the helpers package")
+
+
 def venv_python(where: str | Path, *, windows: bool | None = None) -> Path:
     """The interpreter of the virtual environment at ``where``: ``bin/python`` on Linux and
     macOS, ``Scripts\\python.exe`` on Windows (``windows``: default, this machine's OS)."""

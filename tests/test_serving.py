@@ -4,6 +4,7 @@ the ONNX Runtime one runs without PyTorch; the Dockerfiles parse and copy only f
 from __future__ import annotations
 
 from importlib import metadata
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -196,3 +197,38 @@ def test_venv_python_is_where_each_os_puts_it(tmp_path):
     assert venv_python(tmp_path, windows=True) == tmp_path / "Scripts" / "python.exe"
     venv.create(tmp_path / "env", with_pip=False)
     assert venv_python(tmp_path / "env").is_file(), "this machine's venv layout"
+
+
+def test_serving_dir_falls_back_to_the_copy_inside_the_package(tmp_path, monkeypatch):
+    """On Colab only the notebook is opened: lab 07 then uses the servers the helpers wheel carries."""
+    from helpers import deployment
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "serving").mkdir()
+    (tmp_path / "serving" / "common.py").write_text("")
+    assert dep.serving_dir() == Path("serving"), "a checkout's own folder comes first"
+    (tmp_path / "serving" / "common.py").unlink()
+    packaged = tmp_path / "site" / "helpers" / "serving"
+    packaged.mkdir(parents=True)
+    (packaged / "common.py").write_text("")
+    monkeypatch.setattr(deployment, "PACKAGED_SERVING", packaged)
+    assert dep.serving_dir() == packaged
+    monkeypatch.setattr(deployment, "PACKAGED_SERVING", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="run the notebook from its own folder"):
+        dep.serving_dir()
+
+
+def test_the_wheel_carries_lab_07s_servers(tmp_path):
+    import shutil
+    import subprocess
+    import zipfile
+    uv = shutil.which("uv")
+    if uv is None:
+        pytest.skip("uv is not on PATH")
+    run = subprocess.run([uv, "build", "--wheel", "--out-dir", str(tmp_path), str(REPO)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    served = {p.name for p in (REPO / "labs" / "07_deployment" / "serving").iterdir() if p.is_file()}
+    assert {f"helpers/serving/{name}" for name in served} <= names
+    assert not [n for n in names if n.startswith(("solutions/", "tests/"))]
