@@ -87,7 +87,11 @@ def create_app(backend: str, load: Loader) -> FastAPI:
         state["config"] = json.loads((folder / "serving.json").read_text(encoding="utf-8"))
         state["tokenizer"] = load_tokenizer(folder)
         state["embed"], state["variant"] = load(folder, state["config"])
-        state["embed"](*tokenize(state["tokenizer"], ["warm-up request"], state["config"]["max_tokens"]))
+        # Warm up with one text and with two of different lengths: torch.compile(dynamic=True) still
+        # specialises sizes of 1, so warming with one text alone would leave the first request with
+        # several texts to compile while its user waits.
+        for texts in (["warm-up request"], ["warm-up request", "a second, longer warm-up request of another length"]):
+            state["embed"](*tokenize(state["tokenizer"], texts, state["config"]["max_tokens"]))
         yield
         state.clear()
 
