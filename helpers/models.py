@@ -317,6 +317,38 @@ def sentence_embeddings(output, attention_mask: torch.Tensor) -> torch.Tensor:
     return F.normalize(pooled, p=2, dim=1).cpu()
 
 
+def _weights_folder(encoder: Encoder) -> Path:
+    """The folder ``encoder``'s weights were loaded from (sentence-transformers' files are in it too)."""
+    base = _LAYERS_SUFFIX.sub(r"\g<name>", encoder.name)
+    if base == FALLBACK_MODEL:
+        return packaged_model_dir()
+    if base == MPNET_MODEL:
+        from .weights import mpnet_dir
+        return mpnet_dir(progress=False)
+    if Path(base).expanduser().is_dir():
+        return Path(base).expanduser()
+    if not encoder.trained:
+        raise ValueError(f"{encoder.name} has random weights: sentence-transformers has no such model to compare with")
+    from huggingface_hub import snapshot_download
+    return Path(snapshot_download(base, local_files_only=True))  # loaded from the hub: it is in the local cache
+
+
+def sentence_transformers_encode(encoder: Encoder, texts: Sequence[str], *, batch_size: int = 32) -> torch.Tensor:
+    """``texts`` embedded by sentence-transformers' own one-liner,
+    ``SentenceTransformer(folder).encode(texts, normalize_embeddings=True)``, running ``encoder``'s
+    weights (its model replaces the one the library loads, so a smoke slice is compared layer for
+    layer): the library's tokenizer settings, pooling and normalisation, to set beside the course's
+    tokenize → forward → :func:`mean_pool` → normalise (:func:`encode`)."""
+    from sentence_transformers import SentenceTransformer
+    with _quiet_transformers():
+        library = SentenceTransformer(str(_weights_folder(encoder)), device="cpu")
+    library[0].model = encoder.model
+    with torch.inference_mode():
+        vectors = library.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                 convert_to_tensor=True, show_progress_bar=False)
+    return vectors.float().cpu()
+
+
 def embed_texts(run: Callable[[dict], object], tokenizer, texts: Sequence[str], *,
                 batch_size: int = 32, max_length: int = 128, padding: bool | str = True,
                 pooled: bool = False) -> torch.Tensor:

@@ -223,3 +223,17 @@ def test_a_hub_download_says_so_and_keeps_its_progress_bars(monkeypatch, capsys,
     assert calls == [(False, True), (True, False)], "look in the cache quietly, then download with progress bars"
     assert "Downloading sentence-transformers/multi-qa-mpnet-base-cos-v1" in capsys.readouterr().out
     assert encoder.source == "the Hugging Face Hub"
+
+
+def test_the_course_pipeline_gives_sentence_transformers_own_vectors(minilm):
+    """tokenize -> forward -> mean-pool -> normalise is what SentenceTransformer.encode does: same
+    vectors on the trained MiniLM (whole and as the smoke slice), so the course's figures transfer."""
+    texts = [pair.question for pair in helpers.load_qa_pairs(12)] + [pair.answer for pair in helpers.load_qa_pairs(12)]
+    ours = helpers.encode(minilm, texts)
+    theirs = helpers.sentence_transformers_encode(minilm, texts)
+    assert ours.shape == theirs.shape
+    assert float((ours - theirs).abs().max()) < 1e-5
+    sliced = helpers.load_encoder(helpers.SMOKE_MODEL, verbose=False)
+    diff = float((helpers.encode(sliced, texts) - helpers.sentence_transformers_encode(sliced, texts)).abs().max())
+    assert diff < 1e-5, "the library runs the slice it was given, not the full model from disk"
+    assert float((helpers.encode(sliced, texts) - ours).abs().max()) > 1e-2, "a 2-layer slice is another model"
