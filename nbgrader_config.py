@@ -32,7 +32,9 @@ c.ClearSolutions.enforce_metadata = True
 # Each cell gets this long before the kernel is interrupted and the cell scored as an error.
 # The slowest smoke-profile cell of lab 01 takes a few seconds on 2 cores; 120 s leaves room
 # for a slow laptop while still stopping an infinite loop.
-c.Execute.timeout = 120
+from helpers.grading import CELL_TIMEOUT_S, nbgrader_kernel_arguments  # noqa: E402
+
+c.Execute.timeout = CELL_TIMEOUT_S
 c.Execute.interrupt_on_timeout = True
 
 # A student who deletes a test cell gets it back (and the grade it carries), instead of
@@ -52,10 +54,7 @@ if any(cmd in sys.argv[1:2] for cmd in ("autograde", "validate", "generate_feedb
 # above, or JupyterLab's Validate button and the Formgrader (whose sys.argv is `jupyter-lab`). Each
 # such kernel runs this line first, so the lab's get_profile() sees "smoke" unless LAB_PROFILE was
 # set; students' own kernels are not touched. (The default extra argument is kept.)
-c.Execute.extra_arguments = [
-    "--HistoryManager.hist_file=:memory:",
-    "--IPKernelApp.exec_lines=['import os; os.environ.setdefault(\"LAB_PROFILE\", \"smoke\")']",
-]
+c.Execute.extra_arguments = nbgrader_kernel_arguments()
 
 # Feedback shows each test's result, not the hidden tests' code, their tracebacks or a mark scheme
 # (nbgrader shows them by default: jupyter/nbgrader#917). See helpers/feedback.py.

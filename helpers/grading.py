@@ -24,6 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+CELL_TIMEOUT_S = 120  # seconds a cell may run under nbgrader (autograde, Validate) before it is interrupted
+
+
+def nbgrader_kernel_arguments() -> list[str]:
+    """``c.Execute.extra_arguments`` for every kernel nbgrader starts: it runs the smoke profile unless
+    ``LAB_PROFILE`` was set, however nbgrader was started (a command, JupyterLab's Validate button,
+    the Formgrader). Students' own kernels are not touched. (nbgrader's default argument is kept.)"""
+    return ["--HistoryManager.hist_file=:memory:",
+            "--IPKernelApp.exec_lines=['import os; os.environ.setdefault(\"LAB_PROFILE\", \"smoke\")']"]
+
+
 def _stderr_handlers(stream) -> list[logging.StreamHandler]:
     """Logging handlers that hold a reference to ``stream`` (set when they were created)."""
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()

@@ -5,8 +5,8 @@
 In the bundle: the released labs (``labs/``), the ``helpers`` package and its data (without
 the instructor's grading tools), the environment files (``pyproject.toml``, ``uv.lock``,
 ``environment.yml``), the students' README (``labs/README.md``, also as the top-level
-``README.md``: the instructor's README is not shipped), ``LICENSE`` and the figures in
-``images/``.  Never in it: ``solutions/`` (answers, hidden tests, mark schemes), ``tests/``,
+``README.md``: the instructor's README is not shipped), the students' ``nbgrader_config.py``
+(:data:`STUDENT_CONFIG`: Validate in the smoke profile), ``LICENSE`` and the figures in ``images/``.  Never in it: ``solutions/`` (answers, hidden tests, mark schemes), ``tests/``,
 the nbgrader configuration and gradebook, and anything students handed in.
 :func:`check_bundle` proves it: no solution or hidden-test marker and no line of a solution
 region anywhere inside.
@@ -31,6 +31,25 @@ from pathlib import Path
 TOP_FILES = ("LICENSE", "pyproject.toml", "uv.lock", "environment.yml")
 STUDENT_README = Path("labs") / "README.md"  # shipped as labs/README.md and as the bundle's README.md
 PLACEHOLDER = "https://github.com/REPLACE-WITH-YOUR-COURSE-REPOSITORY"
+# The students' nbgrader_config.py (the instructors' one, with the course's layout and grading
+# plug-ins, is never shipped). Without it, JupyterLab's Validate button would run a lab in the
+# full profile with nbgrader's 30 s per-cell default, and a correct lab could fail on time alone.
+STUDENT_CONFIG = '''"""nbgrader settings for students: JupyterLab's Validate button checks a lab the way grading does.
+
+Start JupyterLab from this folder (`uv run jupyter lab`) so nbgrader finds this file. Validate then
+runs the notebook in the smoke profile (seconds, where the full profile takes minutes), in the
+course's environment, with grading's time limit per cell.
+"""
+
+from helpers.grading import CELL_TIMEOUT_S, nbgrader_kernel_arguments
+from helpers.kernel import register_course_kernel
+
+c = get_config()  # noqa: F821 - provided by traitlets when nbgrader loads this file
+c.Execute.kernel_name = register_course_kernel()
+c.Execute.timeout = CELL_TIMEOUT_S
+c.Execute.interrupt_on_timeout = True
+c.Execute.extra_arguments = nbgrader_kernel_arguments()
+'''
 TOP_FOLDERS = ("labs", "helpers", "images")
 # Instructor tools inside the helpers package: not needed to work a lab.
 INSTRUCTOR_MODULES = ("batch_grading.py", "submissions.py", "feedback.py", "manual_marks.py", "student_bundle.py")
@@ -96,6 +115,8 @@ def check_bundle(zip_path: Path, course: Path) -> list[str]:
         names = archive.namelist()
         for name in names:
             top = name.split("/", 1)[0]
+            if name == "nbgrader_config.py" and archive.read(name).decode("utf-8", "replace") == STUDENT_CONFIG:
+                continue  # the students' own settings (Validate in the smoke profile), not the instructors'
             if top in ("solutions", "tests", ".ci") or name.endswith(("nbgrader_config.py", "gradebook.db")):
                 problems.append(f"{name}: instructor-only file")
                 continue
@@ -155,6 +176,7 @@ def build_bundle(course: Path, out: Path, course_repo: str | None = None) -> Pat
                 archive.write(course / rel, rel.as_posix())
         if (course / STUDENT_README).is_file():
             archive.write(course / STUDENT_README, "README.md")
+        archive.writestr("nbgrader_config.py", STUDENT_CONFIG)
     problems = check_bundle(out, course)
     if problems:
         out.unlink()

@@ -498,3 +498,30 @@ def test_written_answer_marks_go_into_the_grades_and_feedback(tmp_path, fixture_
     page = (out / "feedback" / "ann" / f"{FIXTURE_LAB}.html").read_text(encoding="utf-8")
     assert page.count("Written answers, graded by a person") == 1 and "&lt;cite&gt; the spread" in page
     assert "Written answers, graded by a person" not in (out / "feedback" / "ben" / f"{FIXTURE_LAB}.html").read_text()
+
+
+@pytest.mark.notebook
+def test_validate_in_the_student_bundle_runs_the_smoke_profile_with_gradings_time_limit(tmp_path):
+    """Students start JupyterLab in the unzipped bundle: its nbgrader_config.py must make Validate
+    run smoke (else a lab runs in full with nbgrader's 30 s per cell and a correct one fails)."""
+    import sys
+
+    import nbformat
+
+    from conftest import venv_env
+    bundle = zipfile.ZipFile(build_bundle(REPO, tmp_path / "b.zip", course_repo="https://example.org/labs"))
+    bundle.extractall(tmp_path / "student")
+    check = nbformat.v4.new_code_cell("import os\nassert os.environ.get('LAB_PROFILE') == 'smoke', os.environ.get('LAB_PROFILE')\n"
+                                      "print('graded in smoke')")
+    check.metadata["nbgrader"] = {"grade": True, "grade_id": "t-profile", "locked": True, "points": 1,
+                                  "schema_version": 3, "solution": False, "task": False}
+    nb = nbformat.v4.new_notebook(cells=[check])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    env = venv_env()
+    env.pop("LAB_PROFILE", None)
+    for folder, expected in ((tmp_path / "student", "Success"), (tmp_path / "elsewhere", "failed")):
+        folder.mkdir(exist_ok=True)
+        nbformat.write(nb, folder / "lab.ipynb")
+        run = subprocess.run([sys.executable, "-m", "nbgrader", "validate", "lab.ipynb"], cwd=folder, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert expected in run.stdout, (folder.name, run.stdout[-1500:], run.stderr[-1500:])
