@@ -525,3 +525,9 @@ def test_validate_in_the_student_bundle_runs_the_smoke_profile_with_gradings_tim
         run = subprocess.run([sys.executable, "-m", "nbgrader", "validate", "lab.ipynb"], cwd=folder, env=env,
                              capture_output=True, text=True, timeout=300)
         assert expected in run.stdout, (folder.name, run.stdout[-1500:], run.stderr[-1500:])
+
+
+def test_the_gradebook_schema_version_read_in_process_is_nbgraders_own():
+    """The batch grader stamps new gradebooks without nbgrader's `alembic heads` subprocess (3 s each)."""
+    from nbgrader.api import get_alembic_version
+    assert batch_grading._gradebook_schema_version() == get_alembic_version()
