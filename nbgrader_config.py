@@ -23,19 +23,19 @@ c.CourseDirectory.feedback_directory = "feedback"
 # Data files next to a notebook travel with it; never checkpoints or caches.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]
 
-# One kernel for everyone: the Python that runs nbgrader (the course's virtual environment), under
-# a name of its own, so a user's or the system's `python3` kernelspec cannot stand in for it.
-from helpers.kernel import register_course_kernel  # noqa: E402
-
-c.Execute.kernel_name = register_course_kernel()
 c.ClearSolutions.enforce_metadata = True
-# Each cell gets this long before the kernel is interrupted and the cell scored as an error.
-# The slowest smoke-profile cell of lab 01 takes a few seconds on 2 cores; 120 s leaves room
-# for a slow laptop while still stopping an infinite loop.
-from helpers.grading import CELL_TIMEOUT_S, nbgrader_kernel_arguments  # noqa: E402
 
-c.Execute.timeout = CELL_TIMEOUT_S
-c.Execute.interrupt_on_timeout = True
+# How nbgrader runs a notebook, the same here and in the students' bundle (helpers.grading):
+# - one kernel for everyone: the Python that runs nbgrader (the course's virtual environment), under
+#   a name of its own, so a user's or the system's `python3` kernelspec cannot stand in for it;
+# - 120 s per cell, then the kernel is interrupted and the cell scored as an error (the slowest
+#   smoke-profile cell takes seconds on 2 cores; the limit still stops an infinite loop);
+# - every kernel nbgrader starts runs the smoke profile unless LAB_PROFILE was set, however nbgrader
+#   was started: a command, or JupyterLab's Validate button and the Formgrader (whose sys.argv is
+#   `jupyter-lab`). Students' own kernels are not touched.
+from helpers.grading import configure_nbgrader_execution  # noqa: E402
+
+configure_nbgrader_execution(c)
 
 # A student who deletes a test cell gets it back (and the grade it carries), instead of
 # silently losing those points or, worse, escaping them.
@@ -47,14 +47,10 @@ c.OverwriteCells.add_missing_cells = True
 # undeletable; helpers.submissions.repair puts back a deleted one in the batch route).
 c.LockCells.lock_readonly_cells = False
 
-# Autograde and validate in the smoke profile unless the instructor chose otherwise.
+# Autograde and validate in the smoke profile unless the instructor chose otherwise (also for
+# what nbgrader's own command starts outside a kernel).
 if any(cmd in sys.argv[1:2] for cmd in ("autograde", "validate", "generate_feedback")):
     os.environ.setdefault("LAB_PROFILE", "smoke")
-# The same for every kernel nbgrader itself starts, however nbgrader was started: the command line
-# above, or JupyterLab's Validate button and the Formgrader (whose sys.argv is `jupyter-lab`). Each
-# such kernel runs this line first, so the lab's get_profile() sees "smoke" unless LAB_PROFILE was
-# set; students' own kernels are not touched. (The default extra argument is kept.)
-c.Execute.extra_arguments = nbgrader_kernel_arguments()
 
 # Feedback shows each test's result, not the hidden tests' code, their tracebacks or a mark scheme
 # (nbgrader shows them by default: jupyter/nbgrader#917). See helpers/feedback.py.

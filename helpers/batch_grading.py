@@ -307,10 +307,9 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
     rows.sort(key=lambda r: (r["student"], r["lab"]))
     graded = {(r["student"], r["lab"]): r["status"] for r in rows}
     _merge_csv(out / "grades.csv", COLUMNS, rows, graded)
-    _merge_csv(out / "grades_by_cell.csv", CELL_COLUMNS, cells, graded)
+    all_cells = _merge_csv(out / "grades_by_cell.csv", CELL_COLUMNS, cells, graded)
     from .manual_marks import write_template  # one row per written answer waiting for a person
-    with open(out / "grades_by_cell.csv", newline="", encoding="utf-8") as fh:
-        write_template(out, list(csv.DictReader(fh)))
+    write_template(out, all_cells)
     return rows
 
 
@@ -321,22 +320,29 @@ def _replaces(earlier: dict, graded: dict) -> bool:
     return status is not None and status != "missing"
 
 
-def _merge_csv(path: Path, columns: list[str], rows: list[dict], graded: dict) -> None:
+def _merge_csv(path: Path, columns: list[str], rows: list[dict], graded: dict) -> list[dict]:
     """Write ``rows`` to ``path``, keeping every earlier row there whose (student, lab) this run did
-    not grade again (``graded``: {(student, lab): this run's status})."""
+    not grade again (``graded``: {(student, lab): this run's status}); return what was written."""
     kept = []
     if path.is_file():
-        with open(path, newline="", encoding="utf-8") as fh:
-            earlier = list(csv.DictReader(fh))
+        earlier = read_csv(path)
         if earlier and set(earlier[0]) != set(columns):
             raise RuntimeError(f"{path} has other columns than this grader writes: use a new --out")
         kept = [r for r in earlier if not _replaces(r, graded)]
         known = {(r["student"], r["lab"]) for r in kept}
         rows = [r for r in rows if not (r.get("status") == "missing" and (r["student"], r["lab"]) in known)]
-    _write_csv(path, columns, sorted(kept + rows, key=lambda r: (r["student"], r["lab"])))
+    merged = sorted(kept + rows, key=lambda r: (r["student"], r["lab"]))
+    write_csv(path, columns, merged)
+    return merged
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+def read_csv(path: Path) -> list[dict]:
+    """The rows of a CSV file with a header (a spreadsheet's byte-order mark is ignored)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -35,6 +35,18 @@ def nbgrader_kernel_arguments() -> list[str]:
             "--IPKernelApp.exec_lines=['import os; os.environ.setdefault(\"LAB_PROFILE\", \"smoke\")']"]
 
 
+def configure_nbgrader_execution(c) -> None:
+    """The execution settings of every nbgrader configuration of the course (the instructors' and the
+    students' ``nbgrader_config.py``), kept in one place so *Validate* checks a lab the way grading
+    runs it: the course kernel (:mod:`helpers.kernel`), :data:`CELL_TIMEOUT_S` per cell, then the
+    cell is interrupted, and kernels that run the smoke profile (:func:`nbgrader_kernel_arguments`)."""
+    from .kernel import register_course_kernel
+    c.Execute.kernel_name = register_course_kernel()
+    c.Execute.timeout = CELL_TIMEOUT_S
+    c.Execute.interrupt_on_timeout = True
+    c.Execute.extra_arguments = nbgrader_kernel_arguments()
+
+
 def _stderr_handlers(stream) -> list[logging.StreamHandler]:
     """Logging handlers that hold a reference to ``stream`` (set when they were created)."""
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()

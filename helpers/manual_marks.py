@@ -18,25 +18,14 @@ the same however often it runs. Rows left without a score stay waiting.
 from __future__ import annotations
 
 import argparse
-import csv
 import html
 import sys
 from pathlib import Path
 
+from .batch_grading import read_csv, safe_id, write_csv
+
 MARK_COLUMNS = ["student", "lab", "grade_id", "max_score", "score", "comment"]
 FEEDBACK_MARK = "<!-- written-answer marks -->"
-
-
-def _read(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        return list(csv.DictReader(fh))
-
-
-def _write(path: Path, columns: list[str], rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _waiting(cell: dict) -> bool:
@@ -48,7 +37,7 @@ def write_template(out: Path, cells: list[dict]) -> Path:
     earlier file held (typed marks are never lost; a regraded submission keeps its old mark, so
     check its rows)."""
     path = Path(out) / "manual_marks.csv"
-    typed = {(r["student"], r["lab"], r["grade_id"]): r for r in _read(path)} if path.is_file() else {}
+    typed = {(r["student"], r["lab"], r["grade_id"]): r for r in read_csv(path)} if path.is_file() else {}
     rows = []
     for c in cells:
         key = (c["student"], c["lab"], c["grade_id"])
@@ -57,7 +46,7 @@ def write_template(out: Path, cells: list[dict]) -> Path:
         old = typed.get(key, {})
         rows.append({"student": c["student"], "lab": c["lab"], "grade_id": c["grade_id"],
                      "max_score": c["max_score"], "score": old.get("score", ""), "comment": old.get("comment", "")})
-    _write(path, MARK_COLUMNS, sorted(rows, key=lambda r: (r["student"], r["lab"], r["grade_id"])))
+    write_csv(path, MARK_COLUMNS, sorted(rows, key=lambda r: (r["student"], r["lab"], r["grade_id"])))
     return path
 
 
@@ -67,7 +56,7 @@ def apply_marks(marks_path: Path, out: Path) -> dict:
     grades_path, cells_path = out / "grades.csv", out / "grades_by_cell.csv"
     if not grades_path.is_file() or not cells_path.is_file():
         raise ValueError(f"{out} holds no grades.csv / grades_by_cell.csv: run the batch grader into it first")
-    marks, cells, grades = _read(marks_path), _read(cells_path), _read(grades_path)
+    marks, cells, grades = read_csv(marks_path), read_csv(cells_path), read_csv(grades_path)
     missing = [c for c in ("student", "lab", "grade_id", "score") if marks and c not in marks[0]]
     if missing:
         raise ValueError(f"{marks_path} lacks the column(s) {', '.join(missing)} (expected {', '.join(MARK_COLUMNS)})")
@@ -95,25 +84,27 @@ def apply_marks(marks_path: Path, out: Path) -> dict:
         raise ValueError(f"{marks_path}: nothing applied, fix these first:\n  " + "\n  ".join(problems))
     for key, (score, _) in given.items():
         by_key[key].update(score=score, needs_manual_grade=False)
-    _write(cells_path, list(cells[0]) if cells else [], cells)
+    write_csv(cells_path, list(cells[0]) if cells else [], cells)
     columns = list(grades[0]) if grades else []
+    per_submission: dict[tuple[str, str], list[dict]] = {}  # one pass, not one per grade row: a class is thousands
+    for c in cells:
+        per_submission.setdefault((c["student"], c["lab"]), []).append(c)
     for g in grades:
-        mine = [c for c in cells if (c["student"], c["lab"]) == (g["student"], g["lab"])
-                and (c["student"], c["lab"], c["grade_id"]) in given]
+        theirs = per_submission.get((g["student"], g["lab"]), [])
+        mine = [c for c in theirs if (c["student"], c["lab"], c["grade_id"]) in given]
         manual = sum(float(c["score"]) for c in mine)
-        waiting = [c["grade_id"] for c in cells if (c["student"], c["lab"]) == (g["student"], g["lab"]) and _waiting(c)]
+        waiting = [c["grade_id"] for c in theirs if _waiting(c)]
         g["manual_score"] = round(manual, 3) if mine else ""
         g["total"] = round(float(g["auto_score"] or 0) + manual, 3) if g["status"] == "graded" else ""
         extra_flags = [w for w in g.get("needs_manual_grading", "").split() if w == "redefinitions"]
         g["needs_manual_grading"] = " ".join(waiting + extra_flags)
-    _write(grades_path, columns, grades)
+    write_csv(grades_path, columns, grades)
     pages = _feedback(out, given, by_key)
     return {"marks": len(given), "feedback pages": pages}
 
 
 def _feedback(out: Path, given: dict, cells: dict) -> int:
     """Append (or replace) a table of written-answer marks at the end of each feedback page."""
-    from .batch_grading import safe_id
     pages = {}
     for (student, lab, grade_id), (score, comment) in sorted(given.items()):
         pages.setdefault((student, lab), []).append((grade_id, score, float(cells[(student, lab, grade_id)]["max_score"]),

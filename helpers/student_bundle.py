@@ -41,14 +41,10 @@ runs the notebook in the smoke profile (seconds, where the full profile takes mi
 course's environment, with grading's time limit per cell.
 """
 
-from helpers.grading import CELL_TIMEOUT_S, nbgrader_kernel_arguments
-from helpers.kernel import register_course_kernel
+from helpers.grading import configure_nbgrader_execution
 
 c = get_config()  # noqa: F821 - provided by traitlets when nbgrader loads this file
-c.Execute.kernel_name = register_course_kernel()
-c.Execute.timeout = CELL_TIMEOUT_S
-c.Execute.interrupt_on_timeout = True
-c.Execute.extra_arguments = nbgrader_kernel_arguments()
+configure_nbgrader_execution(c)  # the same as the instructors' grading runs
 '''
 TOP_FOLDERS = ("labs", "helpers", "images")
 # Instructor tools inside the helpers package: not needed to work a lab.

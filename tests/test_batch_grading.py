@@ -340,9 +340,7 @@ def test_the_command_exits_non_zero_when_it_finds_nothing_or_an_unknown_student(
 
 
 def _grade_rows(path):
-    import csv
-    with open(path, encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    return batch_grading.read_csv(path)
 
 
 def test_shards_hold_whole_students_and_concatenate_to_the_whole_class(tmp_path):
@@ -483,11 +481,7 @@ def test_written_answer_marks_go_into_the_grades_and_feedback(tmp_path, fixture_
     assert (out / "grades.csv").read_bytes() == before
     marks[0].update(score="0.5", comment="Right idea; <cite> the spread.")
     filled = out / "manual_marks.csv"
-    with open(filled, "w", newline="", encoding="utf-8") as fh:
-        import csv
-        writer = csv.DictWriter(fh, fieldnames=list(marks[0]))
-        writer.writeheader()
-        writer.writerows(marks)
+    batch_grading.write_csv(filled, list(marks[0]), marks)
     assert manual_marks.main([str(filled), "--out", str(out)]) == 0
     once = (out / "grades.csv").read_bytes()
     assert manual_marks.main([str(filled), "--out", str(out)]) == 0

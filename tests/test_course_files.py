@@ -136,10 +136,16 @@ def test_readme_gives_three_setup_commands_and_ci_runs_them():
 
 
 def test_nbgrader_config_points_at_solutions_and_labs():
+    from traitlets.config.loader import PyFileConfigLoader
+
+    from helpers.kernel import COURSE_KERNEL
     text = (REPO / "nbgrader_config.py").read_text()
     for needle in ['source_directory = "solutions"', 'release_directory = "labs"', "add_missing_cells = True",
-                   "kernel_name = register_course_kernel()", "Execute.timeout"]:
+                   "configure_nbgrader_execution(c)"]:
         assert needle in text
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(REPO)).load_config()
+    assert config.Execute.kernel_name == COURSE_KERNEL and config.Execute.timeout == 120
+    assert config.Execute.interrupt_on_timeout is True
 
 
 def test_no_notebook_is_committed_with_outputs():
