@@ -17,6 +17,7 @@ Modules, one job each:
 * :mod:`helpers.roofline`     - counted FLOPs, MFU, the roofline floor
 * :mod:`helpers.onnx_models`  - ONNX export, what the file holds, ONNX Runtime sessions, int8
 * :mod:`helpers.deployment`   - the servers' build context, running them, latency, installed size, Dockerfiles
+* :mod:`helpers.cold_start`   - a start stage by stage in fresh interpreters, start strategies, stage tables
 * :mod:`helpers.results`      - the results file the ``full`` profile writes, and the reference results page
 """
 

@@ -58,6 +58,15 @@ def lab07_times_the_warmup_too(nb: dict) -> dict:
                             "    durations = []\n    for _ in range(warmup + requests):")
 
 
+def lab08_hides_a_failed_start(nb: dict) -> dict:
+    """A stage that fails is dropped silently: the stages that finished come back as if the start had worked."""
+    return _replace_in_cell(nb, "ex81-stages",
+                            "    if run.returncode != 0:\n"
+                            "        failed = next((name for name in stages if name not in times), \"interpreter start\")\n"
+                            "        last = (run.stderr.strip().splitlines() or [\"no error message\"])[-1]\n"
+                            "        raise RuntimeError(f\"stage {failed!r} failed: {last}\")\n", "")
+
+
 WRONG_ANSWERS = {
     "01_eval_mode": lab01_forgets_train_mode,
     "02_torch_compile": lab02_warms_up_outside_inference_mode,
@@ -66,4 +75,5 @@ WRONG_ANSWERS = {
     "05_reduced_precision": lab05_casts_in_place,
     "06_onnx_runtime": lab06_exports_a_fixed_sequence_length,
     "07_deployment": lab07_times_the_warmup_too,
+    "08_cold_start": lab08_hides_a_failed_start,
 }

@@ -1,0 +1,274 @@
+"""Cold start, stage by stage: a fresh interpreter that times each stage of a start (lab 08).
+
+A start is a list of named stages of Python code (import torch, import transformers, build
+the model, load its weights, warm up, answer the first request).  :data:`CHILD_PROGRAM` runs
+them **in a new Python process**, one after another in one namespace, and prints one line per
+finished stage: ``@stage {"stage": ..., "s": ...}``.  Its first line, ``interpreter start``, is
+the time from the moment the parent spawned it (``$COURSE_SPAWNED_AT``, a ``time.time()``
+stamp) to the child's first statement.  Nothing is imported before the stages but ``json``,
+``os``, ``sys`` and ``time``, so every import a start pays is inside a timed stage.
+
+:func:`run_stages` is the course's parent side (the lab's exercise 8.1 asks for the same);
+:data:`STARTS` holds the start strategies the lab compares, as code, so that each one runs in
+its own fresh process exactly as a server would start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+
+SPAWNED_ENV = "COURSE_SPAWNED_AT"
+MARK = "@stage "
+
+CHILD_PROGRAM = r'''
+import time
+_t0 = time.time()
+import json, os, sys
+print("@stage " + json.dumps({"stage": "interpreter start",
+                              "s": _t0 - float(os.environ.get("COURSE_SPAWNED_AT", _t0))}), flush=True)
+_namespace = {"__name__": "__stage__"}
+for _name, _code in json.loads(sys.argv[1]):
+    _start = time.perf_counter()
+    exec(compile(_code, "<stage " + _name + ">", "exec"), _namespace)
+    print("@stage " + json.dumps({"stage": _name, "s": time.perf_counter() - _start}), flush=True)
+'''
+
+
+def stage_times(stdout: str) -> dict[str, float]:
+    """The ``@stage`` lines of a child's output, as {stage: seconds}, in the order they finished."""
+    times = {}
+    for line in (stdout or "").splitlines():
+        if line.startswith(MARK):
+            record = json.loads(line[len(MARK):])
+            times[record["stage"]] = float(record["s"])
+    return times
+
+
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
+def run_stages(stages: Mapping[str, str], *, timeout: float = 300, env: Mapping[str, str] | None = None,
+               cwd: str | os.PathLike | None = None) -> dict[str, float]:
+    """Run ``stages`` ({name: code}) in a fresh interpreter; return {stage: seconds}.
+
+    The first entry is ``interpreter start``.  A stage that raises ends the run with a
+    ``RuntimeError`` naming the stage and the child's last error line; a run that takes longer
+    than ``timeout`` seconds is killed and reported the same way (never a hang).
+    """
+    names = list(stages)
+    child_env = dict(os.environ if env is None else env)
+    child_env[SPAWNED_ENV] = repr(time.time())
+    args = [sys.executable, "-c", CHILD_PROGRAM, json.dumps(list(stages.items()))]
+    try:
+        run = subprocess.run(args, env=child_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        done = stage_times(_text(exc.stdout))
+        running = next((name for name in names if name not in done), "?")
+        raise RuntimeError(f"stage {running!r} did not finish within the start's {timeout:g} s limit "
+                           f"(finished: {', '.join(done) or 'nothing'})") from None
+    times = stage_times(run.stdout)
+    if run.returncode != 0:
+        failed = next((name for name in names if name not in times), "interpreter start")
+        lines = run.stderr.strip().splitlines()
+        raise RuntimeError(f"stage {failed!r} failed (exit code {run.returncode}): "
+                           f"{lines[-1] if lines else 'no error message'}")
+    return times
+
+
+# --- the start strategies the lab compares ------------------------------------------------
+
+STRATEGIES = ("from_pretrained", "meta + safetensors", "TorchScript archive")
+REQUEST_TEXT = "How long does a cold replica take to give its first right answer?"
+TORCHSCRIPT_FILE = "encoder.torchscript.pt"
+
+
+def write_model_files(encoder, folder: str | os.PathLike, *, batch_size: int, seq_len: int) -> dict:
+    """What a server would ship: ``save_pretrained`` weights (safetensors) and config, the
+    tokenizer (``tokenizer.json``), and a TorchScript archive of the same model (traced at
+    ``batch_size`` x ``seq_len``; TorchScript is deprecated, kept only to test a plan that
+    relies on it).  Returns the paths and file sizes in MiB."""
+    import warnings
+    from pathlib import Path
+
+    import torch
+
+    from .models import inputs_of_shape
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = encoder.model.eval(), encoder.tokenizer
+    model.save_pretrained(folder)
+    tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "pad.json").write_text(json.dumps({"pad_id": int(tokenizer.pad_token_id),
+                                                 "pad_token": tokenizer.pad_token}), encoding="utf-8")
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    example = inputs_of_shape(tokenizer, batch_size, seq_len)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # deprecation and tracer warnings: TorchScript is legacy
+        traced = torch.jit.trace(LastHiddenState(model), (example["input_ids"], example["attention_mask"]),
+                                 strict=False)
+        torch.jit.save(traced, str(folder / TORCHSCRIPT_FILE))
+    sizes = {name: (folder / name).stat().st_size / 2**20 for name in ("model.safetensors", TORCHSCRIPT_FILE)}
+    return {"folder": folder, "sizes_mib": sizes}
+
+
+def start_stages(strategy: str, folder: str | os.PathLike, *, threads: int, batch_size: int, seq_len: int,
+                 out: str | os.PathLike) -> dict[str, str]:
+    """The code of one start, stage by stage, for :func:`run_stages` (or the lab's own timer).
+
+    Every strategy imports torch, reads the tokenizer, gets a runnable model its own way,
+    warms up on one 8-token text, then answers a request of ``batch_size`` x ``seq_len`` tokens
+    twice; the first request's sentence embedding is saved to ``out`` so the notebook can check
+    that the start gave the *right* answer, not only a fast one.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown start strategy {strategy!r}: use one of {STRATEGIES}")
+    folder, out = str(folder), str(out)
+    stages = {"import torch": f"import torch\ntorch.set_num_threads({int(threads)})"}
+    stages["tokenizer"] = (
+        "import json\nfrom tokenizers import Tokenizer\n"
+        f"tok = Tokenizer.from_file({folder!r} + '/tokenizer.json')\n"
+        f"pad = json.load(open({folder!r} + '/pad.json'))\n"
+        "def encode(texts, length):\n"
+        "    tok.enable_padding(pad_id=pad['pad_id'], pad_token=pad['pad_token'], length=length)\n"
+        "    tok.enable_truncation(length)\n"
+        "    rows = tok.encode_batch(texts)\n"
+        "    return (torch.tensor([r.ids for r in rows]), torch.tensor([r.attention_mask for r in rows]))")
+    if strategy == "TorchScript archive":
+        stages["load the archive"] = (
+            "import warnings\nwith warnings.catch_warnings():\n    warnings.simplefilter('ignore')\n"
+            f"    model = torch.jit.load({folder!r} + '/{TORCHSCRIPT_FILE}')\n"
+            "def hidden(ids, mask):\n    return model(ids, mask)")
+    else:
+        stages["import transformers"] = "from transformers import AutoConfig, AutoModel"
+        stages["import the model's code"] = (
+            f"config = AutoConfig.from_pretrained({folder!r})\n"
+            "from transformers.models.auto.modeling_auto import MODEL_MAPPING\n"
+            "model_class = MODEL_MAPPING[type(config)]  # imports e.g. transformers.models.bert.modeling_bert")
+        if strategy == "from_pretrained":
+            stages["build + load weights"] = (
+                "from transformers.utils import logging\nlogging.disable_progress_bar()\n"
+                f"model = AutoModel.from_pretrained({folder!r}).eval()")
+        else:
+            stages["build + load weights"] = (
+                "from accelerate import init_empty_weights\nfrom safetensors.torch import load_file\n"
+                "with init_empty_weights():  # parameters on the meta device: no memory, no random init\n"
+                "    model = AutoModel.from_config(config)\n"
+                f"model.load_state_dict(load_file({folder!r} + '/model.safetensors'), assign=True, strict=False)\n"
+                "model.eval()")
+        stages["build + load weights"] += (
+            "\ndef hidden(ids, mask):\n    return model(input_ids=ids, attention_mask=mask).last_hidden_state")
+    stages["warm-up (1 x 8 tokens)"] = (
+        "with torch.inference_mode():\n    hidden(*encode(['warm-up'], 8))")
+    request = (f"with torch.inference_mode():\n"
+               f"    ids, mask = encode([{REQUEST_TEXT!r}] * {int(batch_size)}, {int(seq_len)})\n"
+               "    h = hidden(ids, mask)\n"
+               "    w = mask.unsqueeze(-1).to(h.dtype)\n"
+               "    vector = torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=1)[0]\n")
+    stages["first request"] = request + f"torch.save(vector.clone(), {out!r})"
+    stages["second request"] = request
+    return stages
+
+
+def reference_embedding(encoder, *, seq_len: int) -> "torch.Tensor":  # noqa: F821
+    """The request's embedding computed here, in this process, with transformers' own tokenizer:
+    what a start must reproduce to count as a right answer."""
+    import torch
+    tokens = encoder.tokenizer([REQUEST_TEXT], padding="max_length", truncation=True, max_length=seq_len,
+                               return_tensors="pt")
+    with torch.inference_mode():
+        h = encoder.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        w = tokens["attention_mask"].unsqueeze(-1).to(h.dtype)
+        return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=1)[0]
+
+
+# --- tables, a chart and a verdict ----------------------------------------------------------
+
+def stage_table(runs: Mapping[str, list[Mapping[str, float]]]) -> "pandas.DataFrame":  # noqa: F821
+    """Median and p25-p75 of every stage of every strategy ({strategy: [stage times of each start]})."""
+    import numpy as np
+    import pandas as pd
+    rows = []
+    for strategy, starts in runs.items():
+        stages = list(dict.fromkeys(name for start in starts for name in start))
+        for stage in stages:
+            values = np.array([start[stage] for start in starts if stage in start])
+            rows.append({"strategy": strategy, "stage": stage, "starts": len(values),
+                         "median (s)": float(np.median(values)), "p25 (s)": float(np.percentile(values, 25)),
+                         "p75 (s)": float(np.percentile(values, 75))})
+    return pd.DataFrame(rows).set_index(["strategy", "stage"])
+
+
+def totals(runs: Mapping[str, list[Mapping[str, float]]]) -> "pandas.DataFrame":  # noqa: F821
+    """Process start to first answer (every stage up to and including ``first request``), per strategy."""
+    import numpy as np
+    import pandas as pd
+    rows = {}
+    for strategy, starts in runs.items():
+        values = []
+        for start in starts:
+            names = list(start)
+            upto = names[: names.index("first request") + 1] if "first request" in names else names
+            values.append(sum(start[name] for name in upto))
+        values = np.array(values)
+        rows[strategy] = {"starts": len(values), "to first answer, median (s)": float(np.median(values)),
+                          "p25 (s)": float(np.percentile(values, 25)), "p75 (s)": float(np.percentile(values, 75))}
+    return pd.DataFrame(rows).T.rename_axis("strategy")
+
+
+def plot_stages(table: "pandas.DataFrame", title: str | None = None, ax=None):  # noqa: F821
+    """One stacked horizontal bar per strategy: the median of each stage, in start order."""
+    import matplotlib.pyplot as plt
+    strategies = list(dict.fromkeys(table.index.get_level_values(0)))
+    stages = list(dict.fromkeys(table.index.get_level_values(1)))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 1.4 + 0.7 * len(strategies)))
+    colours = plt.get_cmap("tab20").colors
+    drawn = set()
+    for row, strategy in enumerate(strategies):
+        left = 0.0
+        for stage in table.loc[strategy].index:  # this strategy's own order; one colour per stage name
+            width = float(table.loc[(strategy, stage), "median (s)"])
+            ax.barh(row, width, left=left, color=colours[stages.index(stage) % len(colours)],
+                    label=None if stage in drawn else stage)
+            drawn.add(stage)
+            left += width
+    ax.set_yticks(range(len(strategies)), strategies)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds from process start (median of each stage)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9, wrap=True)
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def stage_verdict(table: "pandas.DataFrame") -> str:  # noqa: F821
+    """What dominates each start on this machine, from the medians (a sentence per strategy)."""
+    lines = []
+    for strategy in dict.fromkeys(table.index.get_level_values(0)):
+        part = table.loc[strategy]["median (s)"]
+        upto = list(part.index)
+        if "first request" in upto:
+            upto = upto[: upto.index("first request") + 1]
+        part = part[upto]
+        total = float(part.sum())
+        imports = float(part[[name for name in part.index if name.startswith("import")]].sum())
+        top = part.idxmax()
+        lines.append(f"{strategy}: its stage medians add up to {total:.2f} s to the first answer; the largest stage is '{top}' "
+                     f"({part[top]:.2f} s, {100 * part[top] / total:.0f} %); imports take "
+                     f"{imports:.2f} s ({100 * imports / total:.0f} %).")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""helpers.cold_start: the course's stage timer reports stages in order, failures and hangs; the tables add up."""
+
+import time
+
+import pytest
+
+from helpers import cold_start
+
+
+def test_stages_run_in_order_in_one_fresh_namespace():
+    times = cold_start.run_stages({"a": "x = 2", "b": "import sys\nassert 'torch' not in sys.modules\ny = x * 3",
+                                   "c": "import time\ntime.sleep(0.2)\nassert y == 6"}, timeout=60)
+    assert list(times) == ["interpreter start", "a", "b", "c"]
+    assert 0.19 <= times["c"] < 1.0 and 0 <= times["interpreter start"] < 10
+
+
+def test_a_failing_stage_is_named_with_its_error():
+    with pytest.raises(RuntimeError, match=r"stage 'boom' failed.*ValueError: bad file"):
+        cold_start.run_stages({"ok": "a = 1", "boom": "raise ValueError('bad file')", "after": "b = 2"})
+
+
+def test_a_hanging_start_is_killed_within_its_timeout():
+    began = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"stage 'hang' did not finish.*finished: interpreter start, first"):
+        cold_start.run_stages({"first": "a = 1", "hang": "import time\ntime.sleep(60)"}, timeout=2)
+    assert time.perf_counter() - began < 15
+
+
+def test_strategies_are_checked_and_share_their_request_stages(tmp_path):
+    with pytest.raises(ValueError, match="unknown start strategy"):
+        cold_start.start_stages("pickle", tmp_path, threads=1, batch_size=1, seq_len=8, out=tmp_path / "v.pt")
+    for strategy in cold_start.STRATEGIES:
+        stages = cold_start.start_stages(strategy, tmp_path, threads=1, batch_size=2, seq_len=8, out=tmp_path / "v.pt")
+        assert list(stages)[0] == "import torch" and list(stages)[-3:] == [
+            "warm-up (1 x 8 tokens)", "first request", "second request"]
+        assert ("import transformers" in stages) == (strategy != "TorchScript archive")
+
+
+def test_tables_totals_and_verdict_come_from_the_stage_times():
+    runs = {"s1": [{"interpreter start": 0.0, "import torch": 1.0, "build": 0.5, "first request": 0.5, "second request": 9.0},
+                   {"interpreter start": 0.0, "import torch": 3.0, "build": 0.5, "first request": 0.5, "second request": 9.0}],
+            "s2": [{"interpreter start": 0.0, "import torch": 1.0, "first request": 1.0, "second request": 1.0}]}
+    table = cold_start.stage_table(runs)
+    assert table.loc[("s1", "import torch"), "median (s)"] == 2.0
+    assert table.loc[("s1", "import torch"), "p25 (s)"] == 1.5 and table.loc[("s1", "import torch"), "p75 (s)"] == 2.5
+    totals = cold_start.totals(runs)
+    assert totals.loc["s1", "to first answer, median (s)"] == 3.0  # the second request is not part of the start
+    assert totals.loc["s2", "to first answer, median (s)"] == 2.0
+    verdict = cold_start.stage_verdict(table)
+    assert "s1: its stage medians add up to 3.00 s to the first answer; the largest stage is 'import torch' (2.00 s, 67 %)" in verdict
