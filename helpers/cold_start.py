@@ -272,3 +272,75 @@ def stage_verdict(table: "pandas.DataFrame") -> str:  # noqa: F821
                      f"({part[top]:.2f} s, {100 * part[top] / total:.0f} %); imports take "
                      f"{imports:.2f} s ({100 * imports / total:.0f} %).")
     return "\n".join(lines)
+
+
+# --- readiness, seen from a load balancer ---------------------------------------------------
+
+def watch_server_start(app: str, context: str | os.PathLike, *, timeout: float = 180, poll_s: float = 0.05,
+                       payload: Mapping | None = None, **env: str) -> dict:
+    """Start lab 07's server ``app`` and poll it the way a load balancer would, until it is ready.
+
+    Polls ``GET /health`` every ``poll_s`` seconds from the moment the process is spawned and,
+    while it is not ready, also tries ``POST /embed`` once per new state.  Returns seconds from
+    spawn: ``port_open_s`` (first HTTP answer of any status), ``ready_s`` (first 200 from
+    ``/health``), ``first_answer_s`` (first 200 from ``/embed``), the ``states`` seen as
+    ``(seconds, status, stage)``, the status codes ``/embed`` got before ready, and the failure
+    (``failed``: the error the server reported) if it never became ready.  The server is stopped.
+    """
+    from pathlib import Path
+
+    import httpx
+
+    from .deployment import free_port, server_command, server_env
+    payload = dict(payload or {"texts": [REQUEST_TEXT]})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    context = Path(context)
+    log_path = context / f"{app}-readiness-{port}.log"
+    result = {"port_open_s": None, "ready_s": None, "first_answer_s": None, "states": [],
+              "embed_before_ready": [], "failed": None}
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(server_command(app, port), cwd=context / "app", env=server_env(context, **env),
+                                   stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with httpx.Client(base_url=url, timeout=5.0) as client:
+                while time.perf_counter() - start < timeout:
+                    if process.poll() is not None:
+                        result["failed"] = f"the server exited with code {process.returncode} before it was ready"
+                        break
+                    try:
+                        health = client.get("/health")
+                    except httpx.TransportError:  # nothing listens yet: the port is closed
+                        time.sleep(poll_s)
+                        continue
+                    now = time.perf_counter() - start
+                    if result["port_open_s"] is None:
+                        result["port_open_s"] = now
+                    body = health.json()
+                    state = "ready" if health.status_code == 200 else body.get("status", "?")
+                    if not result["states"] or result["states"][-1][1:] != (state, body.get("stage")):
+                        result["states"].append((now, state, body.get("stage")))
+                        if health.status_code != 200:
+                            result["embed_before_ready"].append(client.post("/embed", json=payload).status_code)
+                    if health.status_code == 200:
+                        result["ready_s"] = now
+                        answer = client.post("/embed", json=payload)
+                        answer.raise_for_status()
+                        result["first_answer_s"] = time.perf_counter() - start
+                        break
+                    if state == "failed":
+                        result["failed"] = body.get("error")
+                        break
+                    time.sleep(poll_s)
+                else:
+                    result["failed"] = f"not ready within {timeout:g} s"
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+    return result

@@ -37,12 +37,13 @@ TORCH_DIR = "torch"
 
 # --- the build context ------------------------------------------------------------------
 
-def prepare_context(source: str | Path, dest: str | Path, encoder) -> Path:
+def prepare_context(source: str | Path, dest: str | Path, encoder, *, onnx: bool = True) -> Path:
     """Write ``dest/app`` (a copy of the server folder ``source``) and ``dest/model`` for ``encoder``.
 
     ``model/`` holds ``encoder.onnx`` (one self-contained file, pooled embeddings out),
     ``torch/`` (``save_pretrained`` weights and config), ``tokenizer.json`` and
-    ``serving.json`` (model name, embedding size, token limit, padding token).
+    ``serving.json`` (model name, embedding size, token limit, padding token).  ``onnx=False``
+    leaves the ONNX file out (only the PyTorch server can then run: lab 08).
     """
     from .models import inputs_of_shape
     from .onnx_models import OUTPUT_NAME, export_onnx
@@ -55,7 +56,8 @@ def prepare_context(source: str | Path, dest: str | Path, encoder) -> Path:
     shutil.copytree(source, app_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "model"))
     model_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = encoder.model.eval(), encoder.tokenizer
-    export_onnx(model, inputs_of_shape(tokenizer, 2, 16), model_dir / ONNX_FILE, external_data=False)
+    if onnx:
+        export_onnx(model, inputs_of_shape(tokenizer, 2, 16), model_dir / ONNX_FILE, external_data=False)
     model.save_pretrained(model_dir / TORCH_DIR)
     tokenizer.backend_tokenizer.save(str(model_dir / "tokenizer.json"))
     positions = getattr(model.config, "max_position_embeddings", 512)
@@ -269,12 +271,15 @@ def dependency_footprint(names: Sequence[str]) -> "pandas.DataFrame":  # noqa: F
 
 
 PACKAGED_SERVING = Path(__file__).resolve().parent / "serving"  # in a wheel: labs/07_deployment/serving
+CHECKOUT_SERVING = Path(__file__).resolve().parent.parent / "labs" / "07_deployment" / "serving"  # editable install
 
 
 def serving_dir(beside: str | Path = "serving") -> Path:
     """Lab 07's server folder: the one beside the notebook (a course checkout), else the copy the
-    ``helpers`` wheel carries (Colab, where only the notebook is opened); a clear error otherwise."""
-    for folder in (Path(beside), PACKAGED_SERVING):
+    ``helpers`` wheel carries (Colab, where only the notebook is opened), else the one in the course
+    checkout an editable install of ``helpers`` points at (a lab copied elsewhere, as the grader's
+    tests do); a clear error otherwise."""
+    for folder in (Path(beside), PACKAGED_SERVING, CHECKOUT_SERVING):
         if (folder / "common.py").is_file():
             return folder
     raise FileNotFoundError(f"no server folder: neither {Path(beside).resolve()} (run the notebook from its own "

@@ -48,3 +48,19 @@ def test_tables_totals_and_verdict_come_from_the_stage_times():
     assert totals.loc["s2", "to first answer, median (s)"] == 2.0
     verdict = cold_start.stage_verdict(table)
     assert "s1: its stage medians add up to 3.00 s to the first answer; the largest stage is 'import torch' (2.00 s, 67 %)" in verdict
+
+
+def test_every_strategy_starts_and_gives_the_reference_answer(tmp_path):
+    """The lab's smoke run leaves meta + safetensors out; this runs each strategy once, as the full profile does."""
+    import torch
+
+    import helpers
+    small = helpers.load_encoder(helpers.SMOKE_MODEL, verbose=False)  # a copy of its own: the session's MiniLM stays whole
+    cold_start.write_model_files(small, tmp_path, batch_size=2, seq_len=16)
+    reference = cold_start.reference_embedding(small, seq_len=16)
+    for strategy in cold_start.STRATEGIES:
+        out = tmp_path / f"{len(strategy)}.pt"
+        times = cold_start.run_stages(cold_start.start_stages(strategy, tmp_path, threads=1, batch_size=2,
+                                                              seq_len=16, out=out), timeout=300)
+        assert "first request" in times
+        assert float(torch.dot(torch.load(out), reference)) > 0.9999, strategy

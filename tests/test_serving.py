@@ -105,12 +105,17 @@ def test_servers_shut_down_cleanly_on_sigterm(context):
     assert app.shut_down_cleanly, (app.exit_code, app.log()[-1000:])
 
 
-def test_a_server_that_cannot_start_says_why(context, tmp_path):
-    broken = tmp_path / "broken"
-    (broken / "app").mkdir(parents=True)
+def _context_without_model(context, folder):
+    """The ONNX server's code with an empty model folder: a start that must fail."""
+    (folder / "app").mkdir(parents=True)
     for file in ("common.py", "onnx_app.py"):
-        (broken / "app" / file).write_text((context / "app" / file).read_text())
-    (broken / "model").mkdir()  # no model files
+        (folder / "app" / file).write_text((context / "app" / file).read_text())
+    (folder / "model").mkdir()  # no model files
+    return folder
+
+
+def test_a_server_that_cannot_start_says_why(context, tmp_path):
+    broken = _context_without_model(context, tmp_path / "broken")
     with pytest.raises(RuntimeError, match="exited with code"):
         with dep.ServedApp("onnxruntime", broken, startup_timeout=60):
             pass
@@ -182,11 +187,14 @@ def test_the_no_torch_guard_is_real(context, no_torch):
 
 
 def test_stop_children_stops_what_this_process_started():
+    """In a process of its own: here it would also stop the servers other tests of this worker share."""
     import subprocess
     import sys
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    assert child.pid in dep.stop_children(timeout=5)
-    assert child.wait(timeout=5) is not None
+    code = ("import subprocess, sys\nfrom helpers import deployment as dep\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(child.pid in dep.stop_children(timeout=5), child.wait(timeout=5) is not None)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.split() == ["True", "True"], (run.stdout, run.stderr[-2000:])
 
 
 def test_venv_python_is_where_each_os_puts_it(tmp_path):
@@ -213,6 +221,8 @@ def test_serving_dir_falls_back_to_the_copy_inside_the_package(tmp_path, monkeyp
     monkeypatch.setattr(deployment, "PACKAGED_SERVING", packaged)
     assert dep.serving_dir() == packaged
     monkeypatch.setattr(deployment, "PACKAGED_SERVING", tmp_path / "nowhere")
+    assert dep.serving_dir() == REPO / "labs" / "07_deployment" / "serving", "an editable install: its checkout's copy"
+    monkeypatch.setattr(deployment, "CHECKOUT_SERVING", tmp_path / "nowhere either")
     with pytest.raises(FileNotFoundError, match="run the notebook from its own folder"):
         dep.serving_dir()
 
@@ -232,3 +242,39 @@ def test_the_wheel_carries_lab_07s_servers(tmp_path):
     served = {p.name for p in (REPO / "labs" / "07_deployment" / "serving").iterdir() if p.is_file()}
     assert {f"helpers/serving/{name}" for name in served} <= names
     assert not [n for n in names if n.startswith(("solutions/", "tests/"))]
+
+
+def test_a_background_start_says_where_it_is_and_refuses_requests_until_ready(context):
+    """The PyTorch server: its load takes seconds, so the first health check meets it loading."""
+    from helpers import cold_start
+    seen = cold_start.watch_server_start("pytorch", context, EMBED_COMPILE="0", EMBED_READINESS="background")
+    assert seen["failed"] is None, seen
+    assert seen["port_open_s"] < seen["ready_s"] <= seen["first_answer_s"]
+    assert seen["states"][0][1] == "loading" and seen["states"][-1][1] == "ready", seen["states"]
+    assert seen["embed_before_ready"][0] == 503, seen
+
+
+def test_a_background_start_that_fails_stays_up_and_reports_the_error(context, tmp_path):
+    from helpers import cold_start
+    broken = _context_without_model(context, tmp_path / "broken-bg")
+    seen = cold_start.watch_server_start("onnxruntime", broken, timeout=60, EMBED_READINESS="background")
+    assert seen["ready_s"] is None and "FileNotFoundError" in seen["failed"] and "serving.json" in seen["failed"], seen
+    assert seen["states"][-1][1] == "failed" and seen["embed_before_ready"][-1] == 503
+
+
+def test_the_readiness_state_machine_moves_forward_only():
+    import sys
+    sys.path.insert(0, str(SERVING))
+    try:
+        from common import Readiness
+    finally:
+        sys.path.remove(str(SERVING))
+    r = Readiness()
+    assert r.health()[0] == 503 and r.health()[1]["status"] == "loading"
+    r.warming("warm-up")
+    with pytest.raises(RuntimeError, match="forward only"):
+        r.loading("weights")
+    r.ready()
+    assert r.health()[0] == 200
+    with pytest.raises(RuntimeError, match="already ended"):
+        r.failed(ValueError("late"))

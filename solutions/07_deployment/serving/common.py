@@ -1,6 +1,10 @@
 """What both embedding servers share: the request format, its validation, tokenization and the HTTP app.
 
-No PyTorch here: the ONNX Runtime server must run without it.  Each server supplies one
+No PyTorch here: the ONNX Runtime server must run without it.  ``EMBED_READINESS`` chooses how a
+server starts: ``before-serving`` (default) loads and warms up the model before uvicorn opens the
+port, so nothing answers until it is ready; ``background`` opens the port at once and loads in a
+thread, ``GET /health`` answering 503 with the stage it is in (``loading`` -> ``warming`` ->
+``ready``, or ``failed`` with the error) and ``POST /embed`` 503 until ready (lab 08).  Each server supplies one
 function, ``load(model_dir, config) -> (embed, description)``, where ``embed(input_ids,
 attention_mask)`` takes int64 arrays of shape (batch, tokens) and returns unit-length float32
 sentence embeddings of shape (batch, dim).
@@ -10,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +23,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from tokenizers import Tokenizer
 
@@ -77,34 +84,106 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> tuple[n
     return ids, mask
 
 
+class Readiness:
+    """Where a starting server is: ``loading`` -> ``warming`` -> ``ready``, or ``failed`` from any of them.
+
+    Thread-safe (the loader thread writes, request handlers read).  ``ready`` and ``failed`` are
+    final: a server that became ready does not go back to loading, and a failed one stays failed
+    (and says why) until it is restarted.
+    """
+
+    ORDER = ("loading", "warming", "ready")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self.status, self.stage, self.error = "loading", "starting", None
+
+    def _move(self, status: str, stage: str, error: str | None = None) -> None:
+        with self._lock:
+            if self.status in ("ready", "failed"):
+                raise RuntimeError(f"the start already ended ({self.status}); cannot go to {status}")
+            if status != "failed" and self.ORDER.index(status) < self.ORDER.index(self.status):
+                raise RuntimeError(f"a start moves forward only: {self.status} -> {status}")
+            self.status, self.stage, self.error = status, stage, error
+
+    def loading(self, stage: str) -> None:
+        self._move("loading", stage)
+
+    def warming(self, stage: str) -> None:
+        self._move("warming", stage)
+
+    def ready(self) -> None:
+        self._move("ready", "serving")
+
+    def failed(self, error: BaseException) -> None:
+        self._move("failed", self.stage, f"{type(error).__name__}: {error}")
+
+    def health(self) -> tuple[int, dict]:
+        """(HTTP status, body): 200 once ready, 503 before (and after a failure)."""
+        with self._lock:
+            body = {"status": self.status, "stage": self.stage,
+                    "elapsed_s": round(time.monotonic() - self._started, 3), "error": self.error}
+            return (200 if self.status == "ready" else 503), body
+
+
 def create_app(backend: str, load: Loader) -> FastAPI:
-    """The HTTP service: ``GET /health`` and ``POST /embed``; the model loads before the first request."""
+    """The HTTP service: ``GET /health`` and ``POST /embed``; the model loads before the first request
+    (``EMBED_READINESS=before-serving``, the default) or in the background (``background``)."""
     state: dict = {}
+    readiness = Readiness()
+    mode = os.environ.get("EMBED_READINESS", "before-serving").strip().lower()
+    if mode not in ("before-serving", "background"):
+        raise ValueError(f"EMBED_READINESS={mode!r}: use 'before-serving' or 'background'")
+
+    def start() -> None:
+        try:
+            folder = model_dir()
+            readiness.loading("reading the config and tokenizer")
+            state["config"] = json.loads((folder / "serving.json").read_text(encoding="utf-8"))
+            state["tokenizer"] = load_tokenizer(folder)
+            readiness.loading("loading the model")
+            state["embed"], state["variant"] = load(folder, state["config"])
+            # Warm up with one text and with two of different lengths: torch.compile(dynamic=True) still
+            # specialises sizes of 1, so warming with one text alone would leave the first request with
+            # several texts to compile while its user waits.
+            readiness.warming("warm-up requests")
+            for texts in (["warm-up request"], ["warm-up request", "a second, longer warm-up request of another length"]):
+                state["embed"](*tokenize(state["tokenizer"], texts, state["config"]["max_tokens"]))
+            readiness.ready()
+        except Exception as error:
+            readiness.failed(error)
+            if mode == "before-serving":
+                raise
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        folder = model_dir()
-        state["config"] = json.loads((folder / "serving.json").read_text(encoding="utf-8"))
-        state["tokenizer"] = load_tokenizer(folder)
-        state["embed"], state["variant"] = load(folder, state["config"])
-        # Warm up with one text and with two of different lengths: torch.compile(dynamic=True) still
-        # specialises sizes of 1, so warming with one text alone would leave the first request with
-        # several texts to compile while its user waits.
-        for texts in (["warm-up request"], ["warm-up request", "a second, longer warm-up request of another length"]):
-            state["embed"](*tokenize(state["tokenizer"], texts, state["config"]["max_tokens"]))
+        if mode == "background":
+            threading.Thread(target=start, name="model-loader", daemon=True).start()
+        else:
+            start()
         yield
         state.clear()
 
     app = FastAPI(title=f"sentence embeddings ({backend})", lifespan=lifespan)
 
     @app.get("/health")
-    def health() -> dict:
+    def health():
+        code, body = readiness.health()
+        if code != 200:
+            return JSONResponse(status_code=code, content={"backend": backend, **body})
         config = state["config"]
         return {"status": "ok", "backend": backend, "variant": state["variant"], "model": config["model"],
-                "dim": config["dim"], "max_tokens": config["max_tokens"], "max_texts": MAX_TEXTS}
+                "dim": config["dim"], "max_tokens": config["max_tokens"], "max_texts": MAX_TEXTS,
+                "uptime_s": body["elapsed_s"]}
 
     @app.post("/embed", response_model=EmbedResponse)
     def embed(request: EmbedRequest) -> EmbedResponse:  # a plain def: FastAPI runs it off the event loop
+        code, body = readiness.health()
+        if code != 200:
+            raise HTTPException(status_code=503, headers={"Retry-After": "1"},
+                                detail=f"not ready: {body['status']} ({body['stage']}, {body['elapsed_s']:.1f} s)"
+                                       + (f": {body['error']}" if body["error"] else ""))
         config = state["config"]
         ids, mask = tokenize(state["tokenizer"], request.texts, config["max_tokens"])
         vectors = state["embed"](ids, mask)
