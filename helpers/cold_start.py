@@ -8,9 +8,9 @@ the time from the moment the parent spawned it (``$COURSE_SPAWNED_AT``, a ``time
 stamp) to the child's first statement.  Nothing is imported before the stages but ``json``,
 ``os``, ``sys`` and ``time``, so every import a start pays is inside a timed stage.
 
-:func:`run_stages` is the course's parent side (the lab's exercise 8.1 asks for the same);
-:data:`STARTS` holds the start strategies the lab compares, as code, so that each one runs in
-its own fresh process exactly as a server would start.
+The parent's side (start the child, read its lines, report a failed or hung start) is the lab's
+exercise 8.1, so it is not here.  :func:`start_stages` holds the start strategies the lab
+compares, as code, so that each one runs in its own fresh process exactly as a server would start.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 
@@ -46,38 +45,6 @@ def stage_times(stdout: str) -> dict[str, float]:
         if line.startswith(MARK):
             record = json.loads(line[len(MARK):])
             times[record["stage"]] = float(record["s"])
-    return times
-
-
-def _text(output) -> str:
-    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
-
-
-def run_stages(stages: Mapping[str, str], *, timeout: float = 300, env: Mapping[str, str] | None = None,
-               cwd: str | os.PathLike | None = None) -> dict[str, float]:
-    """Run ``stages`` ({name: code}) in a fresh interpreter; return {stage: seconds}.
-
-    The first entry is ``interpreter start``.  A stage that raises ends the run with a
-    ``RuntimeError`` naming the stage and the child's last error line; a run that takes longer
-    than ``timeout`` seconds is killed and reported the same way (never a hang).
-    """
-    names = list(stages)
-    child_env = dict(os.environ if env is None else env)
-    child_env[SPAWNED_ENV] = repr(time.time())
-    args = [sys.executable, "-c", CHILD_PROGRAM, json.dumps(list(stages.items()))]
-    try:
-        run = subprocess.run(args, env=child_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        done = stage_times(_text(exc.stdout))
-        running = next((name for name in names if name not in done), "?")
-        raise RuntimeError(f"stage {running!r} did not finish within the start's {timeout:g} s limit "
-                           f"(finished: {', '.join(done) or 'nothing'})") from None
-    times = stage_times(run.stdout)
-    if run.returncode != 0:
-        failed = next((name for name in names if name not in times), "interpreter start")
-        lines = run.stderr.strip().splitlines()
-        raise RuntimeError(f"stage {failed!r} failed (exit code {run.returncode}): "
-                           f"{lines[-1] if lines else 'no error message'}")
     return times
 
 
@@ -127,7 +94,7 @@ def write_model_files(encoder, folder: str | os.PathLike, *, batch_size: int, se
 
 def start_stages(strategy: str, folder: str | os.PathLike, *, threads: int, batch_size: int, seq_len: int,
                  out: str | os.PathLike) -> dict[str, str]:
-    """The code of one start, stage by stage, for :func:`run_stages` (or the lab's own timer).
+    """The code of one start, stage by stage, for the lab's stage timer (exercise 8.1).
 
     Every strategy imports torch, reads the tokenizer, gets a runnable model its own way,
     warms up on one 8-token text, then answers a request of ``batch_size`` x ``seq_len`` tokens
@@ -183,16 +150,20 @@ def start_stages(strategy: str, folder: str | os.PathLike, *, threads: int, batc
     return stages
 
 
-def reference_embedding(encoder, *, seq_len: int) -> "torch.Tensor":  # noqa: F821
-    """The request's embedding computed here, in this process, with transformers' own tokenizer:
-    what a start must reproduce to count as a right answer."""
+def request_embedding(model, tokenizer, *, seq_len: int) -> "torch.Tensor":  # noqa: F821
+    """The request's sentence embedding from ``model``, computed in this process with transformers' tokenizer."""
     import torch
-    tokens = encoder.tokenizer([REQUEST_TEXT], padding="max_length", truncation=True, max_length=seq_len,
-                               return_tensors="pt")
+    tokens = tokenizer([REQUEST_TEXT], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
     with torch.inference_mode():
-        h = encoder.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+        h = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
         w = tokens["attention_mask"].unsqueeze(-1).to(h.dtype)
         return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=1)[0]
+
+
+def reference_embedding(encoder, *, seq_len: int) -> "torch.Tensor":  # noqa: F821
+    """The request's embedding from the encoder this notebook loaded: what a start must reproduce
+    to count as a right answer."""
+    return request_embedding(encoder.model, encoder.tokenizer, seq_len=seq_len)
 
 
 # --- tables, a chart and a verdict ----------------------------------------------------------
@@ -344,3 +315,31 @@ def watch_server_start(app: str, context: str | os.PathLike, *, timeout: float =
                     process.kill()
                     process.wait()
     return result
+
+
+# --- the plan's int8 claim: a smaller file, and what it costs to use it ----------------------
+
+def int8_weights(state: Mapping[str, "torch.Tensor"]) -> dict:  # noqa: F821
+    """An int8 copy of a state dict: every 2-D float weight as int8 with one fp32 scale per output row
+    (symmetric, per channel: what int8 weight-only quantization stores); everything else unchanged."""
+    import torch
+    out = {}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and tensor.dim() == 2 and name.endswith("weight"):
+            scale = tensor.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+            out[name] = torch.round(tensor / scale).clamp(-127, 127).to(torch.int8)
+            out[name + ".int8_scale"] = scale.to(torch.float32)
+        else:
+            out[name] = tensor
+    return out
+
+
+def dequantized(state: Mapping[str, "torch.Tensor"]) -> dict:  # noqa: F821
+    """The fp32 state dict an eager model can run, from :func:`int8_weights`' output."""
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith(".int8_scale"):
+            continue
+        scale = state.get(name + ".int8_scale")
+        out[name] = tensor.float() * scale if scale is not None else tensor
+    return out

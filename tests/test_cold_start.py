@@ -1,14 +1,56 @@
-"""helpers.cold_start: the course's stage timer reports stages in order, failures and hangs; the tables add up."""
+"""helpers.cold_start: the child program reports stages in order, failures and hangs; the strategies
+give the reference answer; the tables add up."""
 
+import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Mapping
 
 import pytest
 
 from helpers import cold_start
+from helpers.cold_start import CHILD_PROGRAM, SPAWNED_ENV, stage_times
+
+# The parent's side of the stage timer lives here, not in helpers: it is the lab's exercise 8.1,
+# and students get helpers.  These tests check the child's protocol through it.
+
+
+def _text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
+def run_stages(stages: Mapping[str, str], *, timeout: float = 300, env: Mapping[str, str] | None = None,
+               cwd: str | os.PathLike | None = None) -> dict[str, float]:
+    """Run ``stages`` ({name: code}) in a fresh interpreter; return {stage: seconds}.
+
+    The first entry is ``interpreter start``.  A stage that raises ends the run with a
+    ``RuntimeError`` naming the stage and the child's last error line; a run that takes longer
+    than ``timeout`` seconds is killed and reported the same way (never a hang).
+    """
+    names = list(stages)
+    child_env = dict(os.environ if env is None else env)
+    child_env[SPAWNED_ENV] = repr(time.time())
+    args = [sys.executable, "-c", CHILD_PROGRAM, json.dumps(list(stages.items()))]
+    try:
+        run = subprocess.run(args, env=child_env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        done = stage_times(_text(exc.stdout))
+        running = next((name for name in names if name not in done), "?")
+        raise RuntimeError(f"stage {running!r} did not finish within the start's {timeout:g} s limit "
+                           f"(finished: {', '.join(done) or 'nothing'})") from None
+    times = stage_times(run.stdout)
+    if run.returncode != 0:
+        failed = next((name for name in names if name not in times), "interpreter start")
+        lines = run.stderr.strip().splitlines()
+        raise RuntimeError(f"stage {failed!r} failed (exit code {run.returncode}): "
+                           f"{lines[-1] if lines else 'no error message'}")
+    return times
 
 
 def test_stages_run_in_order_in_one_fresh_namespace():
-    times = cold_start.run_stages({"a": "x = 2", "b": "import sys\nassert 'torch' not in sys.modules\ny = x * 3",
+    times = run_stages({"a": "x = 2", "b": "import sys\nassert 'torch' not in sys.modules\ny = x * 3",
                                    "c": "import time\ntime.sleep(0.2)\nassert y == 6"}, timeout=60)
     assert list(times) == ["interpreter start", "a", "b", "c"]
     assert 0.19 <= times["c"] < 1.0 and 0 <= times["interpreter start"] < 10
@@ -16,13 +58,13 @@ def test_stages_run_in_order_in_one_fresh_namespace():
 
 def test_a_failing_stage_is_named_with_its_error():
     with pytest.raises(RuntimeError, match=r"stage 'boom' failed.*ValueError: bad file"):
-        cold_start.run_stages({"ok": "a = 1", "boom": "raise ValueError('bad file')", "after": "b = 2"})
+        run_stages({"ok": "a = 1", "boom": "raise ValueError('bad file')", "after": "b = 2"})
 
 
 def test_a_hanging_start_is_killed_within_its_timeout():
     began = time.perf_counter()
     with pytest.raises(RuntimeError, match=r"stage 'hang' did not finish.*finished: interpreter start, first"):
-        cold_start.run_stages({"first": "a = 1", "hang": "import time\ntime.sleep(60)"}, timeout=2)
+        run_stages({"first": "a = 1", "hang": "import time\ntime.sleep(60)"}, timeout=2)
     assert time.perf_counter() - began < 15
 
 
@@ -60,7 +102,20 @@ def test_every_strategy_starts_and_gives_the_reference_answer(tmp_path):
     reference = cold_start.reference_embedding(small, seq_len=16)
     for strategy in cold_start.STRATEGIES:
         out = tmp_path / f"{len(strategy)}.pt"
-        times = cold_start.run_stages(cold_start.start_stages(strategy, tmp_path, threads=1, batch_size=2,
+        times = run_stages(cold_start.start_stages(strategy, tmp_path, threads=1, batch_size=2,
                                                               seq_len=16, out=out), timeout=300)
         assert "first request" in times
         assert float(torch.dot(torch.load(out), reference)) > 0.9999, strategy
+
+
+def test_int8_weights_are_a_quarter_of_the_bytes_and_dequantize_within_one_step():
+    import torch
+    torch.manual_seed(0)
+    state = {"layer.weight": torch.randn(8, 16), "layer.bias": torch.randn(8), "ids": torch.arange(4)}
+    small = cold_start.int8_weights(state)
+    assert small["layer.weight"].dtype == torch.int8 and small["layer.bias"].dtype == torch.float32
+    assert torch.equal(small["ids"], state["ids"])
+    back = cold_start.dequantized(small)
+    assert set(back) == set(state)
+    step = small["layer.weight.int8_scale"]
+    assert torch.all((back["layer.weight"] - state["layer.weight"]).abs() <= step / 2 + 1e-7)

@@ -261,20 +261,3 @@ def test_a_background_start_that_fails_stays_up_and_reports_the_error(context, t
     assert seen["ready_s"] is None and "FileNotFoundError" in seen["failed"] and "serving.json" in seen["failed"], seen
     assert seen["states"][-1][1] == "failed" and seen["embed_before_ready"][-1] == 503
 
-
-def test_the_readiness_state_machine_moves_forward_only():
-    import sys
-    sys.path.insert(0, str(SERVING))
-    try:
-        from common import Readiness
-    finally:
-        sys.path.remove(str(SERVING))
-    r = Readiness()
-    assert r.health()[0] == 503 and r.health()[1]["status"] == "loading"
-    r.warming("warm-up")
-    with pytest.raises(RuntimeError, match="forward only"):
-        r.loading("weights")
-    r.ready()
-    assert r.health()[0] == 200
-    with pytest.raises(RuntimeError, match="already ended"):
-        r.failed(ValueError("late"))

@@ -84,75 +84,43 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> tuple[n
     return ids, mask
 
 
-class Readiness:
-    """Where a starting server is: ``loading`` -> ``warming`` -> ``ready``, or ``failed`` from any of them.
-
-    Thread-safe (the loader thread writes, request handlers read).  ``ready`` and ``failed`` are
-    final: a server that became ready does not go back to loading, and a failed one stays failed
-    (and says why) until it is restarted.
-    """
-
-    ORDER = ("loading", "warming", "ready")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._started = time.monotonic()
-        self.status, self.stage, self.error = "loading", "starting", None
-
-    def _move(self, status: str, stage: str, error: str | None = None) -> None:
-        with self._lock:
-            if self.status in ("ready", "failed"):
-                raise RuntimeError(f"the start already ended ({self.status}); cannot go to {status}")
-            if status != "failed" and self.ORDER.index(status) < self.ORDER.index(self.status):
-                raise RuntimeError(f"a start moves forward only: {self.status} -> {status}")
-            self.status, self.stage, self.error = status, stage, error
-
-    def loading(self, stage: str) -> None:
-        self._move("loading", stage)
-
-    def warming(self, stage: str) -> None:
-        self._move("warming", stage)
-
-    def ready(self) -> None:
-        self._move("ready", "serving")
-
-    def failed(self, error: BaseException) -> None:
-        self._move("failed", self.stage, f"{type(error).__name__}: {error}")
-
-    def health(self) -> tuple[int, dict]:
-        """(HTTP status, body): 200 once ready, 503 before (and after a failure)."""
-        with self._lock:
-            body = {"status": self.status, "stage": self.stage,
-                    "elapsed_s": round(time.monotonic() - self._started, 3), "error": self.error}
-            return (200 if self.status == "ready" else 503), body
-
-
 def create_app(backend: str, load: Loader) -> FastAPI:
     """The HTTP service: ``GET /health`` and ``POST /embed``; the model loads before the first request
     (``EMBED_READINESS=before-serving``, the default) or in the background (``background``)."""
     state: dict = {}
-    readiness = Readiness()
+    # Where the start is, for /health: one dict the loader replaces whole and handlers read (lab 08).
+    started = time.monotonic()
+    progress = {"status": "loading", "stage": "starting", "error": None}
     mode = os.environ.get("EMBED_READINESS", "before-serving").strip().lower()
     if mode not in ("before-serving", "background"):
         raise ValueError(f"EMBED_READINESS={mode!r}: use 'before-serving' or 'background'")
 
+    def report(status: str, stage: str, error: str | None = None) -> None:
+        nonlocal progress
+        progress = {"status": status, "stage": stage, "error": error}
+
+    def now() -> tuple[int, dict]:
+        current = progress
+        body = {**current, "elapsed_s": round(time.monotonic() - started, 3)}
+        return (200 if current["status"] == "ready" else 503), body
+
     def start() -> None:
         try:
             folder = model_dir()
-            readiness.loading("reading the config and tokenizer")
+            report("loading", "reading the config and tokenizer")
             state["config"] = json.loads((folder / "serving.json").read_text(encoding="utf-8"))
             state["tokenizer"] = load_tokenizer(folder)
-            readiness.loading("loading the model")
+            report("loading", "loading the model")
             state["embed"], state["variant"] = load(folder, state["config"])
             # Warm up with one text and with two of different lengths: torch.compile(dynamic=True) still
             # specialises sizes of 1, so warming with one text alone would leave the first request with
             # several texts to compile while its user waits.
-            readiness.warming("warm-up requests")
+            report("warming", "warm-up requests")
             for texts in (["warm-up request"], ["warm-up request", "a second, longer warm-up request of another length"]):
                 state["embed"](*tokenize(state["tokenizer"], texts, state["config"]["max_tokens"]))
-            readiness.ready()
-        except Exception as error:
-            readiness.failed(error)
+            report("ready", "serving")
+        except Exception as exc:  # the server stays up and says why (background mode)
+            report("failed", progress["stage"], f"{type(exc).__name__}: {exc}")
             if mode == "before-serving":
                 raise
 
@@ -169,7 +137,7 @@ def create_app(backend: str, load: Loader) -> FastAPI:
 
     @app.get("/health")
     def health():
-        code, body = readiness.health()
+        code, body = now()
         if code != 200:
             return JSONResponse(status_code=code, content={"backend": backend, **body})
         config = state["config"]
@@ -179,7 +147,7 @@ def create_app(backend: str, load: Loader) -> FastAPI:
 
     @app.post("/embed", response_model=EmbedResponse)
     def embed(request: EmbedRequest) -> EmbedResponse:  # a plain def: FastAPI runs it off the event loop
-        code, body = readiness.health()
+        code, body = now()
         if code != 200:
             raise HTTPException(status_code=503, headers={"Retry-After": "1"},
                                 detail=f"not ready: {body['status']} ({body['stage']}, {body['elapsed_s']:.1f} s)"
