@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Mapping
 
@@ -151,13 +150,15 @@ def start_stages(strategy: str, folder: str | os.PathLike, *, threads: int, batc
 
 
 def request_embedding(model, tokenizer, *, seq_len: int) -> "torch.Tensor":  # noqa: F821
-    """The request's sentence embedding from ``model``, computed in this process with transformers' tokenizer."""
+    """The request's sentence embedding from ``model``, computed in this process with transformers' tokenizer
+    (the starts pool the same way inside their own processes, which do not import helpers)."""
     import torch
+
+    from .models import sentence_embeddings
     tokens = tokenizer([REQUEST_TEXT], padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
     with torch.inference_mode():
-        h = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
-        w = tokens["attention_mask"].unsqueeze(-1).to(h.dtype)
-        return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=1)[0]
+        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        return sentence_embeddings(out.last_hidden_state, tokens["attention_mask"])[0]
 
 
 def reference_embedding(encoder, *, seq_len: int) -> "torch.Tensor":  # noqa: F821
@@ -183,18 +184,20 @@ def stage_table(runs: Mapping[str, list[Mapping[str, float]]]) -> "pandas.DataFr
     return pd.DataFrame(rows).set_index(["strategy", "stage"])
 
 
+def first_answer_s(stages: Mapping[str, float]) -> float:
+    """Process start to the first answer: the sum of the stages up to and including ``first request``."""
+    names = list(stages)
+    upto = names[: names.index("first request") + 1] if "first request" in names else names
+    return float(sum(stages[name] for name in upto))
+
+
 def totals(runs: Mapping[str, list[Mapping[str, float]]]) -> "pandas.DataFrame":  # noqa: F821
-    """Process start to first answer (every stage up to and including ``first request``), per strategy."""
+    """Process start to first answer (:func:`first_answer_s`) per strategy: median and p25-p75 over the starts."""
     import numpy as np
     import pandas as pd
     rows = {}
     for strategy, starts in runs.items():
-        values = []
-        for start in starts:
-            names = list(start)
-            upto = names[: names.index("first request") + 1] if "first request" in names else names
-            values.append(sum(start[name] for name in upto))
-        values = np.array(values)
+        values = np.array([first_answer_s(start) for start in starts])
         rows[strategy] = {"starts": len(values), "to first answer, median (s)": float(np.median(values)),
                           "p25 (s)": float(np.percentile(values, 25)), "p75 (s)": float(np.percentile(values, 75))}
     return pd.DataFrame(rows).T.rename_axis("strategy")
@@ -231,12 +234,9 @@ def stage_verdict(table: "pandas.DataFrame") -> str:  # noqa: F821
     """What dominates each start on this machine, from the medians (a sentence per strategy)."""
     lines = []
     for strategy in dict.fromkeys(table.index.get_level_values(0)):
-        part = table.loc[strategy]["median (s)"]
-        upto = list(part.index)
-        if "first request" in upto:
-            upto = upto[: upto.index("first request") + 1]
-        part = part[upto]
-        total = float(part.sum())
+        medians = table.loc[strategy]["median (s)"]
+        total = first_answer_s(medians.to_dict())
+        part = medians.iloc[: list(medians.index).index("first request") + 1] if "first request" in medians.index else medians
         imports = float(part[[name for name in part.index if name.startswith("import")]].sum())
         top = part.idxmax()
         lines.append(f"{strategy}: its stage medians add up to {total:.2f} s to the first answer; the largest stage is '{top}' "
@@ -258,62 +258,48 @@ def watch_server_start(app: str, context: str | os.PathLike, *, timeout: float =
     ``(seconds, status, stage)``, the status codes ``/embed`` got before ready, and the failure
     (``failed``: the error the server reported) if it never became ready.  The server is stopped.
     """
-    from pathlib import Path
-
     import httpx
 
-    from .deployment import free_port, server_command, server_env
+    from .deployment import ServedApp
     payload = dict(payload or {"texts": [REQUEST_TEXT]})
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    context = Path(context)
-    log_path = context / f"{app}-readiness-{port}.log"
     result = {"port_open_s": None, "ready_s": None, "first_answer_s": None, "states": [],
               "embed_before_ready": [], "failed": None}
+    server = ServedApp(app, context, **env)
     start = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(server_command(app, port), cwd=context / "app", env=server_env(context, **env),
-                                   stdout=log, stderr=subprocess.STDOUT)
-        try:
-            with httpx.Client(base_url=url, timeout=5.0) as client:
-                while time.perf_counter() - start < timeout:
-                    if process.poll() is not None:
-                        result["failed"] = f"the server exited with code {process.returncode} before it was ready"
-                        break
-                    try:
-                        health = client.get("/health")
-                    except httpx.TransportError:  # nothing listens yet: the port is closed
-                        time.sleep(poll_s)
-                        continue
-                    now = time.perf_counter() - start
-                    if result["port_open_s"] is None:
-                        result["port_open_s"] = now
-                    body = health.json()
-                    state = "ready" if health.status_code == 200 else body.get("status", "?")
-                    if not result["states"] or result["states"][-1][1:] != (state, body.get("stage")):
-                        result["states"].append((now, state, body.get("stage")))
-                        if health.status_code != 200:
-                            result["embed_before_ready"].append(client.post("/embed", json=payload).status_code)
-                    if health.status_code == 200:
-                        result["ready_s"] = now
-                        answer = client.post("/embed", json=payload)
-                        answer.raise_for_status()
-                        result["first_answer_s"] = time.perf_counter() - start
-                        break
-                    if state == "failed":
-                        result["failed"] = body.get("error")
-                        break
-                    time.sleep(poll_s)
-                else:
-                    result["failed"] = f"not ready within {timeout:g} s"
-        finally:
-            if process.poll() is None:
-                process.terminate()
+    server.spawn()
+    try:
+        with httpx.Client(base_url=server.url, timeout=5.0) as client:
+            while time.perf_counter() - start < timeout:
+                if server.process.poll() is not None:
+                    result["failed"] = f"the server exited with code {server.process.returncode} before it was ready"
+                    break
                 try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                    health = client.get("/health")
+                except httpx.TransportError:  # nothing listens yet: the port is closed
+                    time.sleep(poll_s)
+                    continue
+                now = time.perf_counter() - start
+                if result["port_open_s"] is None:
+                    result["port_open_s"] = now
+                body = health.json()
+                state = "ready" if health.status_code == 200 else body.get("status", "?")
+                if not result["states"] or result["states"][-1][1:] != (state, body.get("stage")):
+                    result["states"].append((now, state, body.get("stage")))
+                    if health.status_code != 200:
+                        result["embed_before_ready"].append(client.post("/embed", json=payload).status_code)
+                if health.status_code == 200:
+                    result["ready_s"] = now
+                    client.post("/embed", json=payload).raise_for_status()
+                    result["first_answer_s"] = time.perf_counter() - start
+                    break
+                if state == "failed":
+                    result["failed"] = body.get("error")
+                    break
+                time.sleep(poll_s)
+            else:
+                result["failed"] = f"not ready within {timeout:g} s"
+    finally:
+        server.stop()
     return result
 
 

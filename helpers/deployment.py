@@ -118,12 +118,17 @@ class ServedApp:
         self.exit_code: int | None = None
         self.log_path = self.context / f"{app}-{self.port}.log"
 
-    def __enter__(self) -> "ServedApp":
-        import httpx
-        start = time.perf_counter()
+    def spawn(self) -> "ServedApp":
+        """Start the process and return at once, without waiting for it to answer (lab 08 polls it)."""
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.process = subprocess.Popen(server_command(self.app, self.port), cwd=self.context / "app",
                                         env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def __enter__(self) -> "ServedApp":
+        import httpx
+        start = time.perf_counter()
+        self.spawn()
         deadline = start + self.startup_timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
