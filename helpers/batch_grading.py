@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+from .compilation import grading_compile_cache, seed_cpu_check
 from .submissions import (Submission, apply_deadline, collect, is_test_cell, read_roster, redefinitions,
                           release_notebooks, repair)
 
@@ -87,8 +88,9 @@ def _cell_errors(nb: dict) -> list[str]:
 def _env(threads: int, compile_cache: Path | None = None) -> dict:
     """Environment for nbgrader and its kernels: smoke profile, offline, a fixed number of CPU threads.
 
-    ``compile_cache``: one Inductor cache for every submission of the run, so a lab's compiled
-    graphs are built once, not once per student (a lab that measures a cold compile points
+    ``compile_cache``: one Inductor cache for every submission, kept between runs
+    (``helpers.compilation.grading_compile_cache``), so a lab's compiled graphs are built once
+    per machine, not once per student or per regrade (a lab that measures a cold compile points
     Inductor at a fresh folder of its own, ``helpers.compilation.use_fresh_compile_cache``).
     """
     env = dict(os.environ, LAB_PROFILE="smoke", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
@@ -292,8 +294,18 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
                 templates[lab] = lab_template(course, Path(work), lab)
             except RuntimeError as exc:
                 progress(f"  {exc}")
+        compile_cache = grading_compile_cache()
+        if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # the machine's CPU check, once, not per submission
+            try:
+                compile_cache.mkdir(parents=True, exist_ok=True)
+            except OSError:  # no writable course cache here: one for this run only
+                compile_cache = Path(work) / "inductor-cache"
+                compile_cache.mkdir()
+            check = seed_cpu_check(compile_cache)
+            if check.folder is None:
+                progress(f"  {check.describe()}")
         futures = [pool.submit(grade_one, s, templates.get(s.lab), out, Path(work), cell_timeout=cell_timeout,
-                               timeout=timeout, threads=threads, compile_cache=Path(work) / "inductor-cache")
+                               timeout=timeout, threads=threads, compile_cache=compile_cache)
                    for s in subs]
         for future in futures:
             row, cell_rows = future.result()

@@ -317,7 +317,7 @@ def sentence_embeddings(output, attention_mask: torch.Tensor) -> torch.Tensor:
     return F.normalize(pooled, p=2, dim=1).cpu()
 
 
-def _weights_folder(encoder: Encoder) -> Path:
+def weights_folder(encoder: Encoder) -> Path:
     """The folder ``encoder``'s weights were loaded from (sentence-transformers' files are in it too)."""
     base = _LAYERS_SUFFIX.sub(r"\g<name>", encoder.name)
     if base == FALLBACK_MODEL:
@@ -341,7 +341,7 @@ def sentence_transformers_encode(encoder: Encoder, texts: Sequence[str], *, batc
     tokenize → forward → :func:`mean_pool` → normalise (:func:`encode`)."""
     from sentence_transformers import SentenceTransformer
     with _quiet_transformers():
-        library = SentenceTransformer(str(_weights_folder(encoder)), device="cpu")
+        library = SentenceTransformer(str(weights_folder(encoder)), device="cpu")
     library[0].model = encoder.model
     with torch.inference_mode():
         vectors = library.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
