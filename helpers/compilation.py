@@ -60,14 +60,19 @@ class CpuCheck:
                 "compile below measures compiling the model, not checking the machine")
 
 
-def cpu_check_root() -> Path:
-    """Where the machine's CPU check is kept: the course's cache folder, per torch version."""
+def _per_torch_version(name: str) -> Path:
+    """``<course cache>/<name>/torch-<version>``: compiled artefacts are valid for one torch version."""
     from helpers.weights import cache_root
     try:
         version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return cache_root() / "inductor-cpu-check" / f"torch-{version}"
+    return cache_root() / name / f"torch-{version}"
+
+
+def cpu_check_root() -> Path:
+    """Where the machine's CPU check is kept: the course's cache folder, per torch version."""
+    return _per_torch_version("inductor-cpu-check")
 
 
 def grading_compile_cache() -> Path:
@@ -77,7 +82,7 @@ def grading_compile_cache() -> Path:
     and every later batch the cold compiles of labs 03, 04 and 07.  Inductor's keys (graph,
     shapes, torch version, thread count, CPU instruction set) decide what is reused.
     """
-    return cpu_check_root().parent.parent / "grading-inductor-cache" / cpu_check_root().name
+    return _per_torch_version("grading-inductor-cache")
 
 
 def seed_cpu_check(cache_dir: str | os.PathLike, *, timeout_s: float = 300) -> CpuCheck:
