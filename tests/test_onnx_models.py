@@ -77,6 +77,20 @@ def test_sessions_name_their_providers_and_level(exported):
         om.ort_session(exported.parent / "missing.onnx")
 
 
+def test_levels_are_distinct_and_ordered_and_a_missing_one_is_named(monkeypatch):
+    import onnxruntime as ort
+    levels = [int(om.level_of(name)) for name in om.available_levels()]
+    assert levels == sorted(levels) and len(set(levels)) == len(levels) >= 4
+    assert om.available_levels()[0] == "disable" and om.available_levels()[-1] == "all"
+
+    class Old:  # an ONNX Runtime from before ORT_ENABLE_LAYOUT
+        ORT_DISABLE_ALL, ORT_ENABLE_BASIC, ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL = 0, 1, 2, 99
+    monkeypatch.setattr(ort, "GraphOptimizationLevel", Old)
+    assert om.available_levels() == ("disable", "basic", "extended", "all")
+    with pytest.raises(ValueError, match="no ORT_ENABLE_LAYOUT level"):
+        om.level_of("layout")
+
+
 def test_offline_mode_writes_a_file_that_loads_with_optimizations_off(exported, tmp_path):
     optimized = tmp_path / "tiny.optimized.onnx"
     om.ort_session(exported, level="extended", optimized_path=optimized)
@@ -96,6 +110,24 @@ def test_int8_quantization_stores_weights_in_int8(exported, tmp_path):
     assert any(t.data_type == onnx.TensorProto.INT8 for t in model.graph.initializer)
     session = om.ort_session(quantized)
     assert session.run([om.OUTPUT_NAME], om.feeds_of(_batch(1, 6)))[0].shape == (1, 32)
+
+
+def test_int8_of_matmuls_only_keeps_the_embedding_table_in_fp32(exported, tmp_path):
+    import onnx
+
+    def float_initializers(path):
+        return {t.name for t in onnx.load(str(path)).graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+
+    def total_bytes(path):
+        return sum(om.describe_file(path)["files (bytes)"].values())
+
+    table = "embeddings.word_embeddings.weight"
+    everything = om.quantize_int8(exported, tmp_path / "all.int8.onnx")
+    matmuls = om.quantize_int8(exported, tmp_path / "matmul.int8.onnx", op_types=["MatMul"])
+    assert not any(n.endswith(table) for n in float_initializers(everything))  # ONNX Runtime's default: Gather too
+    assert any(n.endswith(table) for n in float_initializers(matmuls))
+    assert total_bytes(matmuls) > total_bytes(everything)
+    assert om.ort_session(matmuls).run([om.OUTPUT_NAME], om.feeds_of(_batch(1, 6)))[0].shape == (1, 32)
 
 
 def test_export_refuses_an_example_without_the_inputs(tiny, tmp_path):
