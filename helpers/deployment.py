@@ -92,9 +92,13 @@ def server_command(app: str, port: int) -> list[str]:
 
 
 def server_env(context: str | Path, **extra: str) -> dict:
-    """Environment for a server process: ``MODEL_DIR`` set, the course's Python first on PATH."""
+    """Environment for a server process: ``MODEL_DIR`` set, the course's Python first on PATH, and
+    ``EMBED_THREADS`` the thread count this process gave torch (``helpers.use_threads`` in a lab's
+    setup cell), so a server is timed with the same threads as everything else in the lab."""
+    import torch
     env = dict(os.environ)
     env["MODEL_DIR"] = str(Path(context) / "model")
+    env.setdefault("EMBED_THREADS", str(torch.get_num_threads()))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update(extra)
     return env

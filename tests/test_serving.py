@@ -144,6 +144,24 @@ def test_good_dockerfiles_keep_the_practices_the_lab_teaches():
         assert "COPY . " not in text and f"{app}:app" in text
 
 
+def test_torch_image_installs_torch_alone_and_its_dependencies_from_the_hashed_lock():
+    """torch comes from PyTorch's CPU index with --no-deps; everything it needs is in the hashed lock."""
+    from packaging.requirements import Requirement
+    locked = {dep._normalise(line.split("==")[0]) for line in (SERVING / "requirements-torch.txt").read_text().splitlines()
+              if "==" in line and not line.startswith(" ")}
+    needed = set()
+    for text in metadata.requires("torch") or []:
+        req = Requirement(text)
+        name = dep._normalise(req.name)
+        if (req.marker and "extra" in str(req.marker)) or name.startswith(("nvidia-", "cuda-", "triton")):
+            continue  # optional extras, and the CUDA stack the CPU wheel does not have
+        needed.add(name)
+    assert needed and needed <= locked, f"torch's dependencies missing from the lock: {sorted(needed - locked)}"
+    torch_line = [line for line in (SERVING / "Dockerfile.torch").read_text().splitlines()
+                  if line.startswith("RUN") and "torch==" in line]
+    assert len(torch_line) == 1 and "--no-deps" in torch_line[0] and "download.pytorch.org/whl/cpu" in torch_line[0]
+
+
 @pytest.mark.parametrize("app", ["onnx", "torch"])
 def test_locked_requirements_match_the_course_environment(app):
     """The apps' lock files pin the versions the course (uv.lock) installs, so tests run what ships."""
@@ -261,3 +279,41 @@ def test_a_background_start_that_fails_stays_up_and_reports_the_error(context, t
     assert seen["ready_s"] is None and "FileNotFoundError" in seen["failed"] and "serving.json" in seen["failed"], seen
     assert seen["states"][-1][1] == "failed" and seen["embed_before_ready"][-1] == 503
 
+
+
+def _serving_common():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("serving_common", SERVING / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_servers_take_their_thread_count_from_the_setting_or_the_container_quota(tmp_path, monkeypatch):
+    common = _serving_common()
+    monkeypatch.setattr(common.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert common.cpu_threads({"EMBED_THREADS": "3"}, tmp_path) == 3
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match="EMBED_THREADS"):
+            common.cpu_threads({"EMBED_THREADS": bad}, tmp_path)
+    assert common.cpu_threads({}, tmp_path) == 8  # no cgroup files: the CPUs this process may use
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert common.cpu_threads({}, tmp_path) == 8  # cgroup v2, no quota
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert common.cpu_threads({}, tmp_path) == 2  # 1.5 CPUs: rounded up
+    (tmp_path / "cpu.max").write_text("1600000 100000\n")
+    assert common.cpu_threads({}, tmp_path) == 8  # a quota above the CPUs it may run on
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert common.cpu_threads({}, tmp_path) == 1  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert common.cpu_threads({}, tmp_path) == 8
+
+
+def test_servers_report_the_threads_the_lab_gave_them(servers):
+    import torch
+    for name in ("onnxruntime", "pytorch"):
+        variant = httpx.get(servers[name].url + "/health").json()["variant"]
+        assert f"{torch.get_num_threads()} threads" in variant, variant

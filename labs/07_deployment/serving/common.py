@@ -55,6 +55,40 @@ class EmbedResponse(BaseModel):
     embeddings: list[list[float]]
 
 
+def cpu_threads(env: dict | None = None, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """How many threads the model may use: ``$EMBED_THREADS`` if set, else the CPUs this process may
+    run on, capped by the container's CPU quota.
+
+    ``os.cpu_count()`` reports the host's cores, not a container's share: a container limited to
+    2 CPUs on a 64-core host (``docker run --cpus 2``, a Kubernetes CPU limit) would otherwise start
+    64 threads per forward pass and spend its quota switching between them. The quota is read from
+    cgroup v2's ``cpu.max`` (``"200000 100000"``: 2 CPUs; ``"max ..."``: none) or cgroup v1's
+    ``cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us``, rounded up.
+    """
+    env = os.environ if env is None else env
+    if env.get("EMBED_THREADS", "").strip():
+        value = env["EMBED_THREADS"].strip()
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"EMBED_THREADS={value!r}: use a whole number of threads, 1 or more")
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = None
+    try:
+        limit, period = (cgroup / "cpu.max").read_text().split()[:2]
+        if limit != "max":
+            quota = int(limit) / int(period)
+    except (OSError, ValueError):
+        try:
+            limit = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+            quota = limit / period if limit > 0 and period > 0 else None
+        except (OSError, ValueError):
+            quota = None
+    if quota is not None:
+        cores = min(cores, max(1, -(-quota // 1)))  # a quota of 1.5 CPUs gets 2 threads
+    return max(1, int(cores))
+
+
 def model_dir() -> Path:
     """Where the model files are: ``$MODEL_DIR``, else ``model/`` beside this file."""
     return Path(os.environ.get("MODEL_DIR", Path(__file__).resolve().parent / "model"))
@@ -88,6 +122,12 @@ def create_app(backend: str, load: Loader) -> FastAPI:
     """The HTTP service: ``GET /health`` and ``POST /embed``; the model loads before the first request
     (``EMBED_READINESS=before-serving``, the default) or in the background (``background``)."""
     state: dict = {}
+    # One forward pass at a time. FastAPI runs plain-def handlers in a pool of 40 threads: without
+    # the lock, 40 concurrent requests would run 40 forward passes at once, each asking for every
+    # core the model's threads were given (40 x cpu_threads() threads on a few cores), and all of
+    # them would finish late. With it, requests queue and each forward pass has the cores to itself
+    # (lab 10 goes further: it batches the queued requests).
+    model_lock = threading.Lock()
     # Where the start is, for /health: one dict the loader replaces whole and handlers read (lab 08).
     started = time.monotonic()
     progress = {"status": "loading", "stage": "starting", "error": None}
@@ -154,7 +194,8 @@ def create_app(backend: str, load: Loader) -> FastAPI:
                                        + (f": {body['error']}" if body["error"] else ""))
         config = state["config"]
         ids, mask = tokenize(state["tokenizer"], request.texts, config["max_tokens"])
-        vectors = state["embed"](ids, mask)
+        with model_lock:
+            vectors = state["embed"](ids, mask)
         return EmbedResponse(model=config["model"], dim=int(vectors.shape[1]), embeddings=vectors.tolist())
 
     return app

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from common import create_app
+from common import cpu_threads, create_app
 
 
 def load(folder: Path, config: dict):
+    torch.set_num_threads(cpu_threads())  # the container's CPU share, not the host's core count
     model = AutoModel.from_pretrained(folder / config["torch_dir"]).eval()
     choice = os.environ.get("EMBED_COMPILE", "auto").strip().lower()
     compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
