@@ -61,8 +61,10 @@ def quiet_stderr(report: bool = True):
 
     Covers Python-level writes (``sys.stderr``, :mod:`warnings`, tqdm, logging handlers
     bound to stderr) and writes by C/C++ code to file descriptor 2.  With ``report``
-    a one-line summary of what was held back is printed to stdout.
+    a one-line summary of what was held back is printed to stdout.  ``as kept`` gives a list
+    that holds the held-back lines once the block has ended (to show the ones that matter).
     """
+    kept: list[str] = []
     held = io.StringIO()
     original = sys.stderr
     swapped = _stderr_handlers(original)
@@ -82,7 +84,7 @@ def quiet_stderr(report: bool = True):
             warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: held.write(
                 warnings.formatwarning(message, category, filename, lineno, line))
             with contextlib.redirect_stderr(held):
-                yield
+                yield kept
     finally:
         for handler in swapped:
             handler.setStream(original)
@@ -95,6 +97,7 @@ def quiet_stderr(report: bool = True):
         if fd_file is not None:
             fd_file.close()
         lines = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
+        kept.extend(lines)
         if report and lines:
             print(f"[quiet_stderr] held back {len(lines)} line(s) of stderr; first: {lines[0][:200]}")
 

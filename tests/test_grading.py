@@ -16,7 +16,7 @@ def test_quiet_stderr_holds_back_every_kind_of_stderr(capfd):
     handler = logging.StreamHandler(sys.stderr)
     log.addHandler(handler)
     try:
-        with helpers.quiet_stderr():
+        with helpers.quiet_stderr() as kept:
             print("python-level", file=sys.stderr)
             warnings.warn("a harmless warning")
             log.warning("a logged warning")
@@ -29,6 +29,8 @@ def test_quiet_stderr_holds_back_every_kind_of_stderr(capfd):
     assert "normal output" in out
     held = int(out.split("held back ")[1].split(" line")[0])
     assert held >= 4  # the four writes above, none of them lost silently (a warning takes two lines)
+    assert len(kept) == held and "python-level" in kept and "written by C code to fd 2" in kept
+    assert any("a logged warning" in line for line in kept)
 
 
 def test_quiet_stderr_restores_stderr_and_propagates_failures(capfd):
