@@ -19,6 +19,7 @@ Modules, one job each:
 * :mod:`helpers.deployment`   - the servers' build context, running them, latency, installed size, Dockerfiles
 * :mod:`helpers.cold_start`   - a start stage by stage in fresh interpreters, start strategies, stage tables
 * :mod:`helpers.results`      - the results file the ``full`` profile writes, and the reference results page
+* :mod:`helpers.explorer`     - the reference results explored with widgets (static table and chart headless)
 """
 
 # Names are imported on first use (PEP 562), so `import helpers` costs nothing until a lab uses
@@ -32,6 +33,7 @@ _EXPORTS = {
     **dict.fromkeys(['WeightsError', 'mpnet_dir'], 'weights'),
     **dict.fromkeys(['plot_speedups', 'save_figure', 'speedup', 'speedup_table', 'styled', 'verdict'], 'report'),
     **dict.fromkeys(['record_results'], 'results'),
+    **dict.fromkeys(['explore'], 'explorer'),
     **dict.fromkeys(['Comparison', 'Timing', 'benchmark', 'compare'], 'timing'),
 }
 
