@@ -71,7 +71,8 @@ def results_view(results: pd.DataFrame, *, lab: str, machine: str | None = None,
     columns = ["variant", "median_ms", "p25_ms", "p75_ms", "speedup", "cosine_mean", "recall_at_1",
                "recall_vs_reference"]
     shown = rows[[c for c in columns if c in rows.columns]].set_index("variant")
-    shown = shown.dropna(axis=1, how="all")
+    shown = shown.dropna(axis=1, how="all").round({"median_ms": 2, "p25_ms": 2, "p75_ms": 2, "speedup": 2,
+                                                    "cosine_mean": 4, "recall_at_1": 3})
     label, _ = METRICS[metric]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(rows), 2) + 1.4))
     values = pd.to_numeric(rows[metric], errors="coerce")

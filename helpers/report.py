@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .timing import Timing
+if TYPE_CHECKING:  # annotations only: the results page and its explorer need no torch
+    from .timing import Timing
 
 MEDIAN, P25, P75, MIN, RUNS, SPEEDUP = "median (ms)", "p25 (ms)", "p75 (ms)", "min (ms)", "runs", "speedup (x)"
 TIME_COLUMNS = (MEDIAN, P25, P75, MIN, RUNS, SPEEDUP)
