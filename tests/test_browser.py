@@ -71,6 +71,7 @@ def lab_server(tmp_path):
 
 
 def test_the_explorer_renders_and_its_controls_redraw_the_chart(lab_server, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -80,14 +81,23 @@ def test_the_explorer_renders_and_its_controls_redraw_the_chart(lab_server, tmp_
             page.goto(lab_server)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.locator(".jp-Cell .cm-content").first.click()
-            page.keyboard.press("Shift+Enter")
+            # Run the cell; a key press sent before the kernel is connected is dropped, so try again
+            # until its prompt shows that it runs ([*]) or ran ([1]).
+            started = "() => /\\[(\\*|\\d+)\\]/.test(document.querySelector('.jp-Cell .jp-InputPrompt').textContent)"
+            for _ in range(6):
+                page.locator(".jp-Cell .cm-content").first.click()
+                page.keyboard.press("Control+Enter")
+                try:
+                    page.wait_for_function(started, timeout=15_000)
+                    break
+                except PlaywrightTimeout:
+                    continue
             try:
-                page.wait_for_selector(".jp-OutputArea .widget-dropdown select", timeout=60_000)
-            except Exception:
-                page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
-                shutil.copy(tmp_path / "failed.png", Path(os.environ.get("COURSE_ARTIFACTS") or tmp_path) / "failed.png")
-                raise
+                page.wait_for_selector(".jp-OutputArea .widget-dropdown select", timeout=180_000)
+            except PlaywrightTimeout:
+                shot = Path(os.environ.get("COURSE_ARTIFACTS") or tmp_path) / "explorer-failed.png"
+                page.screenshot(path=str(shot), full_page=True)
+                raise AssertionError(f"the explorer's widgets did not render (screenshot: {shot})") from None
             dropdowns = page.locator(".jp-OutputArea .widget-dropdown select")
             assert dropdowns.count() == 3  # lab, metric, machine
             charts = page.locator(".jp-OutputArea img")
@@ -96,7 +106,7 @@ def test_the_explorer_renders_and_its_controls_redraw_the_chart(lab_server, tmp_
             dropdowns.nth(1).select_option(label="speedup over the lab's baseline")
             page.wait_for_function(
                 "before => { const imgs = document.querySelectorAll('.jp-OutputArea img');"
-                " return imgs.length === 2 && imgs[1].src !== before; }", arg=before, timeout=60_000)
+                " return imgs.length === 2 && imgs[1].src !== before; }", arg=before, timeout=120_000)
             assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
             shot = Path(os.environ.get("COURSE_ARTIFACTS") or tmp_path) / "explorer-in-jupyterlab.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
