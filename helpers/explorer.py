@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-# What a person can plot, by the results file's column: (label, "higher is better").
-METRICS = {"median_ms": ("median (ms), p25-p75 bars", False), "speedup": ("speedup over the lab's baseline", True),
-           "cosine_mean": ("cosine to the reference", True), "recall_at_1": ("recall@1", True),
-           "MRR": ("MRR", True)}
+# What a person can plot, by the results file's column, and its axis label.
+METRICS = {"median_ms": "median (ms), p25-p75 bars", "speedup": "speedup over the lab's baseline",
+           "cosine_mean": "cosine to the reference", "recall_at_1": "recall@1", "MRR": "MRR"}
 
 
 def machine_of(row) -> str:
@@ -29,9 +28,18 @@ def machine_of(row) -> str:
 
 
 def _with_machines(results: pd.DataFrame) -> pd.DataFrame:
+    if "machine kind" in results.columns:
+        return results
     table = results.copy()
     table["machine kind"] = [machine_of(r) for _, r in table.iterrows()] if len(table) else []
     return table
+
+
+def _latest_run(rows: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """The newest date among ``rows`` and its rows: figures from different days do not mix."""
+    dates = rows["date"].astype(str)
+    latest = dates.max()
+    return latest, rows[dates == latest]
 
 
 @dataclass
@@ -62,9 +70,7 @@ def results_view(results: pd.DataFrame, *, lab: str, machine: str | None = None,
     machine = machine or machines[0]
     if machine not in machines:
         raise ValueError(f"lab {lab!r} has no results from {machine!r}; it has {machines}")
-    rows = of_lab[of_lab["machine kind"] == machine]
-    latest = rows["date"].astype(str).max()
-    rows = rows[rows["date"].astype(str) == latest]  # one run's rows: figures from different days do not mix
+    latest, rows = _latest_run(of_lab[of_lab["machine kind"] == machine])
     known = list(rows["variant"])
     chosen = known if variants is None else [v for v in known if v in set(variants)]
     rows = rows.set_index("variant").loc[chosen].reset_index()
@@ -73,7 +79,7 @@ def results_view(results: pd.DataFrame, *, lab: str, machine: str | None = None,
     shown = rows[[c for c in columns if c in rows.columns]].set_index("variant")
     shown = shown.dropna(axis=1, how="all").round({"median_ms": 2, "p25_ms": 2, "p75_ms": 2, "speedup": 2,
                                                     "cosine_mean": 4, "recall_at_1": 3})
-    label, _ = METRICS[metric]
+    label = METRICS[metric]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(rows), 2) + 1.4))
     values = pd.to_numeric(rows[metric], errors="coerce")
     if metric == "median_ms":
@@ -106,11 +112,10 @@ class Explorer:
         import ipywidgets as w
 
         self.results = _with_machines(results)
-        self.view = results_view(results, lab=lab, metric=metric)
         labs = sorted(self.results["lab"].unique())
         self.lab = w.Dropdown(options=labs, value=lab, description="lab")
         self.machine = w.Dropdown(description="machine", layout=w.Layout(width="95%"))
-        self.metric = w.Dropdown(options=[(v[0], k) for k, v in METRICS.items()], value=metric, description="metric")
+        self.metric = w.Dropdown(options=[(label, column) for column, label in METRICS.items()], value=metric, description="metric")
         self.variants = w.SelectMultiple(description="variants", rows=6, layout=w.Layout(width="95%"))
         self.output = w.Output()
         self._updating = False
@@ -127,9 +132,8 @@ class Explorer:
         self._variants_for(lab, kinds[0])
 
     def _variants_for(self, lab: str, machine: str) -> None:
-        rows = self.results[(self.results["lab"] == lab) & (self.results["machine kind"] == machine)]
-        latest = rows["date"].astype(str).max()
-        names = list(rows.loc[rows["date"].astype(str) == latest, "variant"])
+        _, rows = _latest_run(self.results[(self.results["lab"] == lab) & (self.results["machine kind"] == machine)])
+        names = list(rows["variant"])
         self.variants.options = names
         self.variants.value = tuple(names)
 
@@ -148,7 +152,7 @@ class Explorer:
 
     def show(self) -> None:
         from IPython.display import display
-        self.view = results_view(self.results.drop(columns="machine kind"), lab=self.lab.value,
+        self.view = results_view(self.results, lab=self.lab.value,
                                  machine=self.machine.value, metric=self.metric.value,
                                  variants=list(self.variants.value))
         self.output.clear_output(wait=True)

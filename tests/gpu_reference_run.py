@@ -24,7 +24,7 @@ Run on the GPU machine, from the repository root (the device tool copies the che
 
 Dry run on a CPU (what the tests run): every code path that needs no CUDA, on a tiny model:
 
-    uv run python tests/gpu_reference_run.py --dry-run --out /tmp/gpu-dry
+    uv run python tests/gpu_reference_run.py --dry-run --out "$(mktemp -d)"
 
 Writes ``gpu_reference.json`` (every figure, each section's wall time and status) and
 ``results.csv`` (rows in :data:`helpers.results.COLUMNS`, lab ``gpu_reference``) to ``--out``.
@@ -106,6 +106,7 @@ class Run:
         self.runs = 5 if dry else 100
         self.warmup = 2 if dry else 10
         self.peak_n = 256 if dry else 8192
+        self.precisions = ["fp32", "bf16"] if dry else list(PRECISIONS)  # a CPU has no TF32 or fast fp16
         # Each section's cap; together 8 minutes, inside one 10-minute command on the GPU machine.
         self.caps = {"peaks": 60, "model": 60, "graphs": 60, "kernels": 60, "compiled": 150, "sections": 90}
 
@@ -137,9 +138,8 @@ def matmul_rate(n: int, dtype: torch.dtype, run: Run):
 
 
 def section_peaks(run: Run, out: dict) -> dict:
-    names = ["fp32", "bf16"] if run.dry else list(PRECISIONS)
     peaks = {}
-    for name in names:
+    for name in run.precisions:
         with tf32(name == "tf32"):
             rate, timing = matmul_rate(run.peak_n, PRECISIONS[name], run)
         peaks[name] = {"TFLOP/s": rate / 1e12, "median_ms": timing.median_ms, "p25_ms": timing.p25_ms,
@@ -160,12 +160,8 @@ def section_model(run: Run, out: dict) -> dict:
     ids = token_ids(config, run.full, run.device)
     with torch.inference_mode():
         flops = counted_flops(lambda: model(input_ids=ids))
-    copies = {"fp32": model, "tf32": model}
-    if not run.dry:
-        copies["bf16"] = build_model(run)[0].to(torch.bfloat16)
-        copies["fp16"] = build_model(run)[0].to(torch.float16)
-    else:
-        copies["bf16"] = build_model(run)[0].to(torch.bfloat16)
+    copies = {name: model if PRECISIONS[name] is torch.float32 else build_model(run)[0].to(PRECISIONS[name])
+              for name in run.precisions}
 
     def forward(name):
         def call():
@@ -173,8 +169,7 @@ def section_model(run: Run, out: dict) -> dict:
                 return copies[name](input_ids=ids)[0]
         return call
 
-    names = [n for n in copies if not (run.dry and n == "tf32")]
-    timings = compare({n: forward(n) for n in names}, runs=run.runs, warmup=run.warmup, device=run.device)
+    timings = compare({n: forward(n) for n in copies}, runs=run.runs, warmup=run.warmup, device=run.device)
     peaks = out.get("peaks", {}).get("peaks", {})
     rows = {}
     for name, timing in timings.items():
