@@ -49,7 +49,7 @@ from .submissions import (Submission, apply_deadline, collect, is_test_cell, rea
                           release_notebooks, repair)
 
 COLUMNS = ["student", "lab", "status", "auto_score", "auto_max", "manual_max", "needs_manual_grading",
-           "manual_score", "total", "file", "reason", "seconds"]  # manual_score, total: helpers.manual_marks
+           "manual_score", "total", "file", "reason", "figures", "seconds"]  # manual_score, total: helpers.manual_marks
 CELL_COLUMNS = ["student", "lab", "grade_id", "score", "max_score", "needs_manual_grade"]
 
 
@@ -72,6 +72,25 @@ def _runner_result(ran: subprocess.CompletedProcess) -> dict:
             except json.JSONDecodeError:
                 break
     return {}
+
+
+FIGURES_MARK = "Figures (not marks):"
+
+
+def _figures(nb: dict) -> str:
+    """What test cells printed after ``Figures (not marks):``: measurements taken in the grader's run
+    (lab 10's p95 under load), reported beside the score and never part of it."""
+    found = []
+    for cell in nb.get("cells", []):
+        if not is_test_cell(cell):
+            continue
+        for out in cell.get("outputs", []):
+            text = out.get("text", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if out.get("name") == "stdout" and FIGURES_MARK in text:
+                label = cell["metadata"]["nbgrader"].get("grade_id", "?")
+                found += [f"{label}: {line.split(FIGURES_MARK, 1)[1].strip()}" for line in text.splitlines() if FIGURES_MARK in line]
+    return "; ".join(found)
 
 
 def _cell_errors(nb: dict) -> list[str]:
@@ -205,7 +224,9 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
                    manual_max=round(sum(c["max_score"] for c in answers), 3), needs_manual_grading=" ".join(waiting))
         if blank:
             notes.append("written answer(s) left as released, scored 0: " + ", ".join(blank))
-        errors = _cell_errors(json.loads(autograded.read_text(encoding="utf-8")))
+        graded_nb = json.loads(autograded.read_text(encoding="utf-8"))
+        row["figures"] = _figures(graded_nb)
+        errors = _cell_errors(graded_nb)
         if errors:
             notes.append("cells that raised an error: " + ", ".join(errors))
         if "Timeout" in log or "timed out" in log.lower():

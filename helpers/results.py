@@ -87,6 +87,7 @@ def record_results(lab: str, table: pd.DataFrame, profile, encoder, *, folder: s
     else:
         merged = new
     merged = merged.sort_values(["machine", "cpu_features", "device", "lab"], kind="stable")
+    merged["questions"] = pd.to_numeric(merged["questions"]).astype("Int64")  # a count, even beside empty cells
     path.parent.mkdir(parents=True, exist_ok=True)
     merged.to_csv(path, index=False, float_format="%.6g")
     if render:

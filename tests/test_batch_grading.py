@@ -525,3 +525,16 @@ def test_the_gradebook_schema_version_read_in_process_is_nbgraders_own():
     """The batch grader stamps new gradebooks without nbgrader's `alembic heads` subprocess (3 s each)."""
     from nbgrader.api import get_alembic_version
     assert batch_grading._gradebook_schema_version() == get_alembic_version()
+
+
+def test_figures_printed_by_test_cells_reach_the_grades_table_and_nothing_else_does():
+    def cell(grade_id, text, test=True):
+        meta = {"nbgrader": {"grade": test, "grade_id": grade_id, "locked": test, "solution": not test,
+                             "points": 1.0 if test else None, "schema_version": 3}}
+        return {"cell_type": "code", "metadata": meta, "source": "",
+                "outputs": [{"output_type": "stream", "name": "stdout", "text": text}]}
+    nb = {"cells": [cell("test-a", "Exercise: passed. Figures (not marks): p95 41 ms, 120 req/s\n"),
+                    cell("answer", "Figures (not marks): a student's own print", test=False),
+                    cell("test-b", "passed\n")]}
+    assert batch_grading._figures(nb) == "test-a: p95 41 ms, 120 req/s"
+    assert "figures" in batch_grading.COLUMNS

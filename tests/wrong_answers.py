@@ -67,6 +67,21 @@ def lab08_hides_a_failed_start(nb: dict) -> dict:
                             "        raise RuntimeError(f\"stage {failed!r} failed: {last}\")\n", "")
 
 
+def lab10_fails_the_whole_batch(nb: dict) -> dict:
+    """A batch that raises fails every request in it: one bad input costs its batch-mates their answers."""
+    return _replace_in_cell(nb, "ex102-batcher",
+                            "            if len(batch) == 1:\n"
+                            "                batch[0][3].set_exception(exc)\n"
+                            "            else:\n"
+                            "                for _, item, _, future in batch:  # one bad request must not fail its batch-mates\n"
+                            "                    try:\n"
+                            "                        future.set_result(self.run_batch([item])[0])\n"
+                            "                    except Exception as alone:\n"
+                            "                        future.set_exception(alone)\n",
+                            "            for _, _, _, future in batch:\n"
+                            "                future.set_exception(exc)\n")
+
+
 WRONG_ANSWERS = {
     "01_eval_mode": lab01_forgets_train_mode,
     "02_torch_compile": lab02_warms_up_outside_inference_mode,
@@ -76,4 +91,5 @@ WRONG_ANSWERS = {
     "06_onnx_runtime": lab06_exports_a_fixed_sequence_length,
     "07_deployment": lab07_times_the_warmup_too,
     "08_cold_start": lab08_hides_a_failed_start,
+    "10_latency_throughput": lab10_fails_the_whole_batch,
 }

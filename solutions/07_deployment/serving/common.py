@@ -4,7 +4,9 @@ No PyTorch here: the ONNX Runtime server must run without it.  ``EMBED_READINESS
 server starts: ``before-serving`` (default) loads and warms up the model before uvicorn opens the
 port, so nothing answers until it is ready; ``background`` opens the port at once and loads in a
 thread, ``GET /health`` answering 503 with the stage it is in (``loading`` -> ``warming`` ->
-``ready``, or ``failed`` with the error) and ``POST /embed`` 503 until ready (lab 08).  Each server supplies one
+``ready``, or ``failed`` with the error) and ``POST /embed`` 503 until ready (lab 08).  Lab 10 passes a
+``batcher_factory``: requests are then queued and run together, batch by batch, instead of one
+forward pass per request under a lock.  Each server supplies one
 function, ``load(model_dir, config) -> (embed, description)``, where ``embed(input_ids,
 attention_mask)`` takes int64 arrays of shape (batch, tokens) and returns unit-length float32
 sentence embeddings of shape (batch, dim).
@@ -118,9 +120,30 @@ def tokenize(tokenizer: Tokenizer, texts: list[str], max_tokens: int) -> tuple[n
     return ids, mask
 
 
-def create_app(backend: str, load: Loader) -> FastAPI:
+def run_together(embed: Embed, items: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> list[np.ndarray]:
+    """One forward pass for several requests' token arrays: pad them to the longest, stack, split.
+
+    The padding is masked out (attention mask 0), so each request's vectors are what it would get
+    alone, up to float rounding: a batch changes how much is computed, not the answer.
+    """
+    longest = max(ids.shape[1] for ids, _ in items)
+    ids = np.concatenate([np.pad(i, ((0, 0), (0, longest - i.shape[1])), constant_values=pad_id) for i, _ in items])
+    mask = np.concatenate([np.pad(m, ((0, 0), (0, longest - m.shape[1]))) for _, m in items])
+    vectors = embed(ids, mask)
+    bounds = np.cumsum([0] + [i.shape[0] for i, _ in items])
+    return [vectors[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def create_app(backend: str, load: Loader, batcher_factory: Callable | None = None) -> FastAPI:
     """The HTTP service: ``GET /health`` and ``POST /embed``; the model loads before the first request
-    (``EMBED_READINESS=before-serving``, the default) or in the background (``background``)."""
+    (``EMBED_READINESS=before-serving``, the default) or in the background (``background``).
+
+    ``batcher_factory(run_batch)``, when given (lab 10), returns ``submit(item, tokens)`` -> a
+    ``concurrent.futures.Future``: each request's ``(input_ids, attention_mask)`` is submitted
+    with its token count, and ``run_batch(items)`` (:func:`run_together`) runs a batch of them.
+    ``submit`` raising means the server cannot take the request now (its queue is full): the
+    client gets 503 with ``Retry-After`` at once, instead of a wait that grows without bound.
+    """
     state: dict = {}
     # One forward pass at a time. FastAPI runs plain-def handlers in a pool of 40 threads: without
     # the lock, 40 concurrent requests would run 40 forward passes at once, each asking for every
@@ -152,6 +175,10 @@ def create_app(backend: str, load: Loader) -> FastAPI:
             state["tokenizer"] = load_tokenizer(folder)
             report("loading", "loading the model")
             state["embed"], state["variant"] = load(folder, state["config"])
+            if batcher_factory is not None:
+                embed_fn, pad_id = state["embed"], int(state["config"]["pad_id"])
+                state["submit"] = batcher_factory(lambda items: run_together(embed_fn, items, pad_id))
+                state["variant"] += ", dynamic batching"
             # Warm up with one text and with two of different lengths: torch.compile(dynamic=True) still
             # specialises sizes of 1, so warming with one text alone would leave the first request with
             # several texts to compile while its user waits.
@@ -194,8 +221,20 @@ def create_app(backend: str, load: Loader) -> FastAPI:
                                        + (f": {body['error']}" if body["error"] else ""))
         config = state["config"]
         ids, mask = tokenize(state["tokenizer"], request.texts, config["max_tokens"])
-        with model_lock:
-            vectors = state["embed"](ids, mask)
+        if "submit" in state:
+            try:
+                pending = state["submit"]((ids, mask), int(ids.size))
+            except Exception as exc:  # a full queue: say so now; a client can retry elsewhere or later
+                raise HTTPException(status_code=503, headers={"Retry-After": "1"},
+                                    detail=f"busy: {type(exc).__name__}: {exc}") from None
+            try:
+                vectors = pending.result(timeout=120)
+            except Exception as failure:  # this request's own error; its batch-mates got their answers
+                raise HTTPException(status_code=500, detail=f"the model failed on this request: "
+                                                            f"{type(failure).__name__}: {failure}") from None
+        else:
+            with model_lock:
+                vectors = state["embed"](ids, mask)
         return EmbedResponse(model=config["model"], dim=int(vectors.shape[1]), embeddings=vectors.tolist())
 
     return app
