@@ -50,6 +50,13 @@ def _check_bounds(requests: int, duration_s: float) -> None:
         raise ValueError(f"duration_s must be positive, got {duration_s!r}")
 
 
+def _check_target(url: str, payloads: Sequence[dict]) -> None:
+    if urlsplit(url).hostname not in LOCAL_HOSTS:
+        raise ValueError(f"the load generator only sends to this machine ({sorted(LOCAL_HOSTS)}), not to {url!r}")
+    if not payloads:
+        raise ValueError("a load needs at least one payload")
+
+
 class HttpSender:
     """``send(i)``: POST ``payloads[i % len(payloads)]`` as JSON to ``url``; returns the HTTP status.
 
@@ -61,11 +68,7 @@ class HttpSender:
 
     def __init__(self, url: str, payloads: Sequence[dict], *, timeout: float = 30.0, connections: int = 64):
         import httpx
-        host = urlsplit(url).hostname
-        if host not in LOCAL_HOSTS:
-            raise ValueError(f"the load generator only sends to this machine ({sorted(LOCAL_HOSTS)}), not to {host!r}")
-        if not payloads:
-            raise ValueError("a load needs at least one payload")
+        _check_target(url, payloads)
         self.url, self.payloads = url, list(payloads)
         limits = httpx.Limits(max_connections=int(connections), max_keepalive_connections=int(connections))
         self._client = httpx.Client(timeout=float(timeout), limits=limits)
@@ -79,11 +82,6 @@ class HttpSender:
 
     def close(self) -> None:
         self._client.close()
-
-
-def http_sender(url: str, payloads: Sequence[dict], *, timeout: float = 30.0) -> HttpSender:
-    """A :class:`HttpSender` for ``url`` (on this machine only)."""
-    return HttpSender(url, payloads, timeout=timeout)
 
 
 def _row(i: int, client: int, scheduled: float, sent: float, done: float, status: int | None,
@@ -179,13 +177,6 @@ def _run_in_child(kind: str, url: str, payloads: list, settings: dict) -> pd.Dat
         send.close()
 
 
-def _check_target(url: str, payloads: Sequence[dict]) -> None:
-    if urlsplit(url).hostname not in LOCAL_HOSTS:
-        raise ValueError(f"the load generator only sends to this machine ({sorted(LOCAL_HOSTS)}), not to {url!r}")
-    if not payloads:
-        raise ValueError("a load needs at least one payload")
-
-
 class LoadGenerator:
     """``with LoadGenerator() as gen: gen.open_loop(url, payloads, rate_rps=..., ...)``: the same loads
     as :func:`closed_loop` and :func:`open_loop`, sent over HTTP from one separate worker process.
@@ -249,12 +240,14 @@ def post_concurrently(url: str, payloads: Sequence[dict], *, clients: int = 8, t
     status code where it was not 200), in the payloads' order.  For checking answers under load."""
     import httpx
 
-    if urlsplit(url).hostname not in LOCAL_HOSTS:
-        raise ValueError(f"only servers on this machine ({sorted(LOCAL_HOSTS)}), not {url!r}")
+    _check_target(url, payloads)
 
-    def one(payload: dict):
-        response = httpx.post(url, json=payload, timeout=timeout)
-        return response.json() if response.status_code == 200 else response.status_code
+    limits = httpx.Limits(max_connections=int(clients), max_keepalive_connections=int(clients))
+    with httpx.Client(timeout=timeout, limits=limits) as client:  # one client: its set-up is paid once
 
-    with ThreadPoolExecutor(max_workers=int(clients)) as pool:
-        return list(pool.map(one, payloads))
+        def one(payload: dict):
+            response = client.post(url, json=payload)
+            return response.json() if response.status_code == 200 else response.status_code
+
+        with ThreadPoolExecutor(max_workers=int(clients)) as pool:
+            return list(pool.map(one, payloads))

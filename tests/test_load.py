@@ -45,9 +45,9 @@ class SimpleBatcher:
 
 def test_only_local_servers_are_loaded():
     with pytest.raises(ValueError, match="only sends to this machine"):
-        load.http_sender("http://example.com/embed", [{"texts": ["a"]}])
+        load.HttpSender("http://example.com/embed", [{"texts": ["a"]}])
     with pytest.raises(ValueError, match="at least one payload"):
-        load.http_sender("http://127.0.0.1:9/embed", [])
+        load.HttpSender("http://127.0.0.1:9/embed", [])
     gen = load.LoadGenerator()
     try:
         with pytest.raises(ValueError, match="only sends to this machine"):
