@@ -82,6 +82,14 @@ def lab10_fails_the_whole_batch(nb: dict) -> dict:
                             "                future.set_exception(exc)\n")
 
 
+def lab11_tests_one_batch_only(nb: dict) -> dict:
+    """The parity test runs one padded batch of all the texts: no batch of 1, no other length."""
+    return _replace_in_cell(nb, "ex113-parity",
+                            "    batches = [tokenizer(list(group), padding=True, return_tensors=\"pt\") for group in (texts[:1], texts[:2], texts)]\n"
+                            "    batches.append(tokenizer(list(texts), padding=\"max_length\", max_length=longest + 7, return_tensors=\"pt\"))\n",
+                            "    batches = [tokenizer(list(texts), padding=True, return_tensors=\"pt\")]\n")
+
+
 WRONG_ANSWERS = {
     "01_eval_mode": lab01_forgets_train_mode,
     "02_torch_compile": lab02_warms_up_outside_inference_mode,
@@ -92,4 +100,5 @@ WRONG_ANSWERS = {
     "07_deployment": lab07_times_the_warmup_too,
     "08_cold_start": lab08_hides_a_failed_start,
     "10_latency_throughput": lab10_fails_the_whole_batch,
+    "11_capture": lab11_tests_one_batch_only,
 }
