@@ -19,6 +19,7 @@ Modules, one job each:
 * :mod:`helpers.deployment`   - the servers' build context, running them, latency, installed size, Dockerfiles
 * :mod:`helpers.cold_start`   - a start stage by stage in fresh interpreters, start strategies, stage tables
 * :mod:`helpers.capture`      - tracer warnings summarised, short errors, a saved program loaded in a new process
+* :mod:`helpers.compress`     - smaller models: a train/judge split, head and neuron surgery, layer dropping, distillation
 * :mod:`helpers.load`         - a load generator for a local server: closed-loop clients, open-loop Poisson arrivals
 * :mod:`helpers.batching`     - lab 07's server in this process, with a batcher or without; padding arithmetic
 * :mod:`helpers.results`      - the results file the ``full`` profile writes, and the reference results page

@@ -187,6 +187,9 @@ def quality_figures(embeddings: torch.Tensor, reference: torch.Tensor, n_questio
 
     ``embeddings`` and ``reference`` hold the questions' embeddings, then the answers' (the order
     the labs encode them in); ``n_questions`` says where the answers start.
+
+    Embeddings of another width come from another model (a compact architecture, lab 12): they
+    live in another space, so there is no cosine to the reference (NaN), only retrieval and its test.
     """
     emb, ref = _as_2d(embeddings, "embeddings"), _as_2d(reference, "reference")
     n = int(n_questions)
@@ -194,7 +197,9 @@ def quality_figures(embeddings: torch.Tensor, reference: torch.Tensor, n_questio
         raise ValueError(f"embeddings {tuple(emb.shape)} and reference {tuple(ref.shape)} must each hold "
                          f"{n} questions then {n} answers")
     ranks, ref_ranks = retrieval_ranks(emb[:n], emb[n:]), retrieval_ranks(ref[:n], ref[n:])
-    figures = {**cosine_to_reference(emb, ref), **_metrics_of_ranks(ranks)}
+    cosine = (cosine_to_reference(emb, ref) if emb.shape == ref.shape
+              else {"cosine mean": float("nan"), "cosine min": float("nan")})
+    figures = {**cosine, **_metrics_of_ranks(ranks)}
     same = bool(torch.equal(emb, ref))  # the reference row itself, or a variant that changes nothing
     test = paired_recall_test(ref_ranks.numpy() == 1, ranks.numpy() == 1)
     figures[REFERENCE_CHANGE] = "identical embeddings" if same else test.short()

@@ -90,6 +90,13 @@ def lab11_tests_one_batch_only(nb: dict) -> dict:
                             "    batches = [tokenizer(list(texts), padding=True, return_tensors=\"pt\")]\n")
 
 
+def lab12_times_without_synchronising(nb: dict) -> dict:
+    """The benchmark reads the clock right after the call, without waiting for the device."""
+    return _replace_in_cell(nb, "ex121-benchmark",
+                            "            runnable[name]()\n            synchronize()\n            timed[name].append(clock() - start)\n",
+                            "            runnable[name]()\n            timed[name].append(clock() - start)\n")
+
+
 WRONG_ANSWERS = {
     "01_eval_mode": lab01_forgets_train_mode,
     "02_torch_compile": lab02_warms_up_outside_inference_mode,
@@ -101,4 +108,5 @@ WRONG_ANSWERS = {
     "08_cold_start": lab08_hides_a_failed_start,
     "10_latency_throughput": lab10_fails_the_whole_batch,
     "11_capture": lab11_tests_one_batch_only,
+    "12_smaller_models": lab12_times_without_synchronising,
 }
