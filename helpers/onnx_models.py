@@ -188,12 +188,20 @@ def session_embeddings(session, tokenizer, texts: Sequence[str], *, batch_size: 
 
 
 def quantize_int8(path: str | Path, out: str | Path, *, per_channel: bool = True,
-                  op_types: Sequence[str] | None = None) -> Path:
+                  op_types: Sequence[str] | None = None, reduce_range: bool = False) -> Path:
     """ONNX Runtime dynamic int8 quantization: int8 weights, activations quantized at run time.
 
     ``op_types=None`` is ONNX Runtime's default, which quantizes ``Gather`` too: the word-embedding
     table is stored in int8 as well (the file shrinks almost 4x). ``op_types=["MatMul"]`` quantizes
     the matrix products only, as PyTorch's dynamic recipes do, and keeps the table in fp32.
+
+    ``reduce_range=True`` stores the weights in 7 bits. ONNX Runtime multiplies uint8 activations
+    by int8 weights; on an x86 CPU without an int8 dot-product instruction (no VNNI: AVX2 only, or
+    AVX-512 without VNNI) its kernels use ``vpmaddubsw``, which adds two products in a saturating
+    16-bit register, and full-range weights can overflow it. Per-channel scales give every row the
+    full int8 range, so they overflow most: on the course's AVX2-only box per-channel int8 wrecked
+    MPNet-base (cosine to fp32 near 0) and 7-bit weights kept it at 0.89 (lab 06). With VNNI
+    (``helpers.cpu_int8_dot()``) nothing saturates and 7 bits only cost precision.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     root = logging.getLogger()
@@ -201,6 +209,7 @@ def quantize_int8(path: str | Path, out: str | Path, *, per_channel: bool = True
     root.setLevel(logging.ERROR)  # its "consider pre-processing" hint is printed as a root-logger warning
     try:
         quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         reduce_range=reduce_range,
                          op_types_to_quantize=list(op_types) if op_types is not None else None)
     finally:
         root.setLevel(level)

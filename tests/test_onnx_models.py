@@ -112,6 +112,24 @@ def test_int8_quantization_stores_weights_in_int8(exported, tmp_path):
     assert session.run([om.OUTPUT_NAME], om.feeds_of(_batch(1, 6)))[0].shape == (1, 32)
 
 
+def test_reduce_range_stores_7_bit_weights(exported, tmp_path):
+    """reduce_range=True (for CPUs without VNNI, whose int16 sums saturate) keeps every weight within ±64 (symmetric 7 bits)."""
+    import onnx
+    from onnx import numpy_helper
+
+    def int8_extremes(path):
+        values = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                  if t.data_type == onnx.TensorProto.INT8 and t.dims]
+        return min(int(v.min()) for v in values), max(int(v.max()) for v in values)
+
+    full = om.quantize_int8(exported, tmp_path / "full.int8.onnx")
+    seven = om.quantize_int8(exported, tmp_path / "seven.int8.onnx", reduce_range=True)
+    assert int8_extremes(full)[0] < -64 or int8_extremes(full)[1] > 64  # 8 bits used
+    low, high = int8_extremes(seven)
+    assert -64 <= low and high <= 64, (low, high)
+    assert om.ort_session(seven).run([om.OUTPUT_NAME], om.feeds_of(_batch(1, 6)))[0].shape == (1, 32)
+
+
 def test_int8_of_matmuls_only_keeps_the_embedding_table_in_fp32(exported, tmp_path):
     import onnx
 
