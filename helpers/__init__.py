@@ -22,6 +22,9 @@ Modules, one job each:
 * :mod:`helpers.compress`     - smaller models: a train/judge split, head and neuron surgery, layer dropping, distillation
 * :mod:`helpers.load`         - a load generator for a local server: closed-loop clients, open-loop Poisson arrivals
 * :mod:`helpers.batching`     - lab 07's server in this process, with a batcher or without; padding arithmetic
+* :mod:`helpers.backends`     - the backend registry, selection by measurement, what a server calls at start
+* :mod:`helpers.artifacts`    - the cache of optimized artifacts, keyed on everything that invalidates one
+* :mod:`helpers.backend_cli`  - ``python -m helpers.backend_cli optimize | benchmark``
 * :mod:`helpers.results`      - the results file the ``full`` profile writes, and the reference results page
 * :mod:`helpers.explorer`     - the reference results explored with widgets (static table and chart headless)
 """

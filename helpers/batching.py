@@ -89,8 +89,12 @@ def _import_from(folder: Path, name: str):
     return module
 
 
-def lab07_app(context: str | Path, *, batcher_factory: Callable | None = None):
-    """Lab 07's PyTorch app built from ``context/app`` (made by ``deployment.prepare_context``).
+SERVERS = {"torch_app": "pytorch", "onnx_app": "onnxruntime", "auto_app": "auto"}
+
+
+def lab07_app(context: str | Path, *, batcher_factory: Callable | None = None, server: str = "torch_app"):
+    """One of lab 07's apps built from ``context/app`` (made by ``deployment.prepare_context``):
+    the PyTorch one by default, ``server="auto_app"`` for lab 09's backend chosen by measurement.
 
     ``batcher_factory(run_batch)`` -> ``submit(item, tokens)`` switches on batching (see
     ``common.create_app``).  Serve it with :class:`ThreadServer`, which sets the environment the
@@ -99,9 +103,11 @@ def lab07_app(context: str | Path, *, batcher_factory: Callable | None = None):
     folder = Path(context) / "app"
     if not (folder / "common.py").is_file():
         raise FileNotFoundError(f"{folder} has no common.py: build the context with helpers.deployment.prepare_context")
+    if server not in SERVERS:
+        raise ValueError(f"unknown server {server!r}: use one of {sorted(SERVERS)}")
     common = _import_from(folder, "common")
-    torch_app = _import_from(folder, "torch_app")
-    return common.create_app("pytorch", torch_app.load, batcher_factory=batcher_factory)
+    module = _import_from(folder, server)
+    return common.create_app(SERVERS[server], module.load, batcher_factory=batcher_factory)
 
 
 class ThreadServer:
@@ -207,3 +213,16 @@ def served(context: str | Path, *, make_batcher: Callable | None = None, poll_s:
     finally:
         if "service" in holder:
             holder["service"].close()
+
+
+def static_app(routes: dict[str, tuple[int, object]]):
+    """A FastAPI app that answers each ``GET path`` with a fixed ``(status, JSON body)``: a stand-in
+    server for testing a client (lab 09's hidden tests), served with :class:`ThreadServer`."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    for path, (status, body) in routes.items():
+        app.add_api_route(path, lambda status=status, body=body: JSONResponse(status_code=status, content=body),
+                          methods=["GET"])
+    return app

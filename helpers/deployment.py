@@ -30,7 +30,7 @@ import numpy as np
 
 from .hardware import Capability
 
-APPS = {"pytorch": "torch_app", "onnxruntime": "onnx_app"}
+APPS = {"pytorch": "torch_app", "onnxruntime": "onnx_app", "auto": "auto_app"}
 ONNX_FILE = "encoder.onnx"
 TORCH_DIR = "torch"
 

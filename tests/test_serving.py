@@ -57,6 +57,12 @@ def test_each_server_reports_health_and_returns_unit_embeddings(servers, name):
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["onnxruntime", "pytorch"])
+def test_a_fixed_backend_server_has_no_optimization_report(servers, name):
+    reply = httpx.get(servers[name].url + "/optimization")
+    assert reply.status_code == 404 and "fixed backend" in reply.json()["detail"]
+
+
 def test_both_servers_agree_and_match_the_course_embeddings(servers, minilm):
     import helpers
     got = {name: np.array(_embed(app, {"texts": TEXTS}).json()["embeddings"]) for name, app in servers.items()}

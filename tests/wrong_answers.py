@@ -67,6 +67,12 @@ def lab08_hides_a_failed_start(nb: dict) -> dict:
                             "        raise RuntimeError(f\"stage {failed!r} failed: {last}\")\n", "")
 
 
+def lab09_keys_on_insertion_order(nb: dict) -> dict:
+    """The cache key hashes the JSON as the dicts happen to be ordered: the same settings built in
+    another order miss the cache (and two processes can disagree on the key of one artifact)."""
+    return _replace_in_cell(nb, "ex92-key", "\n                      sort_keys=True)", ")")
+
+
 def lab10_fails_the_whole_batch(nb: dict) -> dict:
     """A batch that raises fails every request in it: one bad input costs its batch-mates their answers."""
     return _replace_in_cell(nb, "ex102-batcher",
@@ -106,6 +112,7 @@ WRONG_ANSWERS = {
     "06_onnx_runtime": lab06_exports_a_fixed_sequence_length,
     "07_deployment": lab07_times_the_warmup_too,
     "08_cold_start": lab08_hides_a_failed_start,
+    "09_backend_selection": lab09_keys_on_insertion_order,
     "10_latency_throughput": lab10_fails_the_whole_batch,
     "11_capture": lab11_tests_one_batch_only,
     "12_smaller_models": lab12_times_without_synchronising,

@@ -9,7 +9,9 @@ thread, ``GET /health`` answering 503 with the stage it is in (``loading`` -> ``
 forward pass per request under a lock.  Each server supplies one
 function, ``load(model_dir, config) -> (embed, description)``, where ``embed(input_ids,
 attention_mask)`` takes int64 arrays of shape (batch, tokens) and returns unit-length float32
-sentence embeddings of shape (batch, dim).
+sentence embeddings of shape (batch, dim).  A loader may return a third item, a JSON-able report
+of how its backend was chosen (lab 09's ``auto_app``): ``GET /optimization`` serves it, and
+``/health`` names the backend in use and whether it came from the cache.
 """
 
 from __future__ import annotations
@@ -174,7 +176,9 @@ def create_app(backend: str, load: Loader, batcher_factory: Callable | None = No
             state["config"] = json.loads((folder / "serving.json").read_text(encoding="utf-8"))
             state["tokenizer"] = load_tokenizer(folder)
             report("loading", "loading the model")
-            state["embed"], state["variant"] = load(folder, state["config"])
+            loaded = load(folder, state["config"])
+            state["embed"], state["variant"] = loaded[0], loaded[1]
+            state["report"] = loaded[2] if len(loaded) > 2 else None
             if batcher_factory is not None:
                 embed_fn, pad_id = state["embed"], int(state["config"]["pad_id"])
                 state["submit"] = batcher_factory(lambda items: run_together(embed_fn, items, pad_id))
@@ -208,9 +212,24 @@ def create_app(backend: str, load: Loader, batcher_factory: Callable | None = No
         if code != 200:
             return JSONResponse(status_code=code, content={"backend": backend, **body})
         config = state["config"]
-        return {"status": "ok", "backend": backend, "variant": state["variant"], "model": config["model"],
+        body = {"status": "ok", "backend": backend, "variant": state["variant"], "model": config["model"],
                 "dim": config["dim"], "max_tokens": config["max_tokens"], "max_texts": MAX_TEXTS,
                 "uptime_s": body["elapsed_s"]}
+        report = state.get("report")
+        if report is not None:  # lab 09: what is serving, on what, and whether it was built at this start
+            body.update(model_loaded=True, device=report["device"], backend_in_use=report["candidate"],
+                        artifact=report["source"])
+        return body
+
+    @app.get("/optimization")
+    def optimization():
+        code, body = now()
+        if code != 200:
+            return JSONResponse(status_code=code, content={"backend": backend, **body})
+        if state.get("report") is None:
+            raise HTTPException(status_code=404, detail=f"the {backend} server serves one fixed backend and measured "
+                                                        "no alternatives: /optimization is auto_app's (lab 09)")
+        return state["report"]
 
     @app.post("/embed", response_model=EmbedResponse)
     def embed(request: EmbedRequest) -> EmbedResponse:  # a plain def: FastAPI runs it off the event loop
