@@ -161,14 +161,21 @@ class Explorer:
             display(self.view.figure)
 
 
-def explore(results: pd.DataFrame | None = None, *, lab: str, metric: str = "median_ms", widgets: bool = True):
+def explore(results: pd.DataFrame | None = None, *, lab: str, metric: str = "median_ms", widgets: bool | None = None):
     """Show ``lab``'s reference results: the table and chart of its first machine as plain outputs, then
     (``widgets``, where ipywidgets is installed) the controls to choose machine, variants and metric.
 
     Returns the :class:`Explorer` (or ``None`` without widgets). A lab with no recorded results gets
-    one line saying so, not an error: a course checkout may have none yet.
+    one line saying so, not an error: a course checkout may have none yet. ``widgets=None`` shows them
+    unless ``$COURSE_NO_WIDGETS`` is set, as it is in every kernel nbgrader starts: nobody sees them
+    there, and its notebook runner can stall on them (see ``helpers.grading.nbgrader_kernel_arguments``).
     """
+    import os
+
     from IPython.display import display
+
+    if widgets is None:
+        widgets = not os.environ.get("COURSE_NO_WIDGETS", "").strip()
 
     if results is None:
         from .results import results_path

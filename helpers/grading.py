@@ -30,9 +30,14 @@ CELL_TIMEOUT_S = 120  # seconds a cell may run under nbgrader (autograde, Valida
 def nbgrader_kernel_arguments() -> list[str]:
     """``c.Execute.extra_arguments`` for every kernel nbgrader starts: it runs the smoke profile unless
     ``LAB_PROFILE`` was set, however nbgrader was started (a command, JupyterLab's Validate button,
-    the Formgrader). Students' own kernels are not touched. (nbgrader's default argument is kept.)"""
+    the Formgrader), and shows no explorer widgets (``COURSE_NO_WIDGETS``, read by :func:`helpers.explore`):
+    nbclient, which runs the notebook for nbgrader, can miss the reply to a cell that opened widget
+    comms and wait out the whole cell timeout (jupyter/nbclient#312): 120 s lost right after the
+    explorer's cell in 6 of 68 gradings run two at a time on the course's AVX-512 box (2026-12-07),
+    for widgets nobody sees there. (tqdm's progress bars are widgets too; no stall followed one.) Students' own kernels are not touched. (nbgrader's default argument is kept.)"""
     return ["--HistoryManager.hist_file=:memory:",
-            "--IPKernelApp.exec_lines=['import os; os.environ.setdefault(\"LAB_PROFILE\", \"smoke\")']"]
+            "--IPKernelApp.exec_lines=['import os; os.environ.setdefault(\"LAB_PROFILE\", \"smoke\"); "
+            "os.environ.setdefault(\"COURSE_NO_WIDGETS\", \"1\")']"]
 
 
 def configure_nbgrader_execution(c) -> None:

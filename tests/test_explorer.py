@@ -74,3 +74,15 @@ def test_the_course_results_file_opens_in_the_explorer():
     for lab in sorted(set(results["lab"])):
         view = explorer.results_view(results, lab=lab)
         assert len(view.table) >= 1 and view.table["median_ms"].notna().all()
+
+
+def test_no_widgets_in_the_kernels_nbgrader_starts(monkeypatch, capsys):
+    """nbclient can miss a cell's reply after widget comms and wait out the cell timeout (jupyter/nbclient#312):
+    grading kernels set COURSE_NO_WIDGETS, and the explorer then shows the static view only."""
+    from helpers.grading import nbgrader_kernel_arguments
+    results = explorer.load()
+    lab = sorted(set(results["lab"]))[0]
+    assert any("COURSE_NO_WIDGETS" in arg for arg in nbgrader_kernel_arguments())
+    monkeypatch.setenv("COURSE_NO_WIDGETS", "1")
+    assert explorer.explore(results, lab=lab) is None
+    assert "Reference results" in capsys.readouterr().out
