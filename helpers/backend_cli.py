@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{report['candidate']}")
         for name, reason in report["rejected"].items():
             if not reason.startswith("slower"):
-                print(f"  not timed: {name}: {reason}")
+                print(f"  not benchmarked: {name}: {reason}")
         return EXIT_OK
     except (backends.ConfigError, FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
