@@ -6,7 +6,7 @@
   passed) at several batch sizes over a set of texts: throughput, p50 / p95 latency per batch,
   speedup against eager, quality.
 
-Options override the ``EMBED_*`` environment variables (``helpers.backends.ENV_VARS``). Exit codes
+The selection's options override their ``EMBED_*`` environment variables (``helpers.backends.ENV_VARS``). Exit codes
 follow the usual convention: 0 success, 1 the work failed (no candidate passed, a model folder
 that cannot be read), 2 a usage or configuration error (the message names the option or variable).
 """
@@ -62,6 +62,8 @@ def _env_from_args(args) -> dict:
         value = getattr(args, option)
         if value is not None:
             env[var] = str(value)
+    if args.pairs is not None:
+        env["EMBED_QUALITY_PAIRS"] = str(args.pairs)
     return env
 
 
@@ -131,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             _positive(name.replace("_", "-"), getattr(args, name, None))
         import torch
         threads = args.threads or torch.get_num_threads()
-        settings = backends.settings_from_env(_env_from_args(args), threads=threads, quality_pairs=args.pairs)
+        settings = backends.settings_from_env(_env_from_args(args), threads=threads)
+        if not (args.model or args.model_dir or os.environ.get("MODEL_DIR")):
+            raise ValueError("no model: give --model-dir DIR (a folder made by helpers.deployment.prepare_context, "
+                             "or set MODEL_DIR) or --model NAME")
         sizes = [int(s) for s in args.batch_sizes.split(",")] if args.command == "benchmark" else []
         if any(s < 1 for s in sizes):
             raise ValueError(f"--batch-sizes must be whole numbers of 1 or more, got {args.batch_sizes!r}")

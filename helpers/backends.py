@@ -349,10 +349,15 @@ def load_runner(backend: str, precision: str, files: ModelFiles, settings: Setti
     if backend in ("onnxruntime", "onnxruntime-cuda", "tensorrt", "onnxruntime-int8"):
         from .onnx_models import OUTPUT_NAME, ort_session
         name = "encoder-int8.onnx" if backend == "onnxruntime-int8" else "encoder.onnx"
+        trt = ("TensorrtExecutionProvider", {"trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
+                                             "trt_engine_cache_path": str(folder)})  # the engine is cached beside its file
         provider_list = {"onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                         "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+                         "tensorrt": [trt, "CUDAExecutionProvider", "CPUExecutionProvider"]
                          }.get(backend, ["CPUExecutionProvider"])
         session = ort_session(folder / name, threads=settings.threads, provider_list=provider_list)
+        wanted = provider_list[0] if isinstance(provider_list[0], str) else provider_list[0][0]
+        if session.get_providers()[0] != wanted:  # ONNX Runtime falls back silently when a provider cannot load
+            raise RuntimeError(f"ONNX Runtime could not use {wanted} (it fell back to {session.get_providers()[0]})")
 
         def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             return session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]

@@ -264,7 +264,7 @@ def test_cli_exit_codes_and_messages(tmp_path, capsys, monkeypatch):
                              "--cache-dir", str(tmp_path / "c")]) == backend_cli.EXIT_FAILED
     assert "not a model folder" in capsys.readouterr().err
     monkeypatch.delenv("MODEL_DIR", raising=False)
-    assert backend_cli.main(["optimize", "--cache-dir", str(tmp_path / "c")]) == backend_cli.EXIT_FAILED
+    assert backend_cli.main(["optimize", "--cache-dir", str(tmp_path / "c")]) == backend_cli.EXIT_USAGE
     assert "--model-dir" in capsys.readouterr().err
 
 
