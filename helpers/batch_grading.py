@@ -16,9 +16,15 @@ From the course folder (the one with ``solutions/``, ``labs/`` and ``nbgrader_co
    (hidden tests and mark schemes removed, see :mod:`helpers.feedback`) and
    ``<out>/autograded/<student>/<lab>.ipynb`` for the instructor.
 
-Several machines: give each a slice with ``--shard 1/3``, ``--shard 2/3``, ``--shard 3/3``
-and concatenate the ``grades.csv`` files (same columns, one header each; a shard holds whole
-students, so each lists its own students' ``missing`` labs).
+Where it runs: each submission is a task on Dask distributed (:mod:`helpers.grading_cluster`):
+``--jobs N`` local worker processes by default (no set-up), or a cluster with ``--scheduler
+tcp://host:8786`` (or a scheduler file, or ``DASK_SCHEDULER_ADDRESS``). Results come back here,
+and only this process writes under ``--out``. A worker that dies mid-submission has its task run
+again elsewhere; a submission that kills every worker that tries it ends ``failed``, with why.
+
+Resuming: every graded submission leaves a record under ``<out>/.graded`` named by a hash of what
+decides its grade (:func:`resume_key`); the same command run again after an interruption keeps
+those and grades the rest. ``--fresh`` grades everything again.
 
 Regrading: ``--student ID`` grades only that student's files. A run into an ``--out`` that
 already holds tables **merges**: its rows replace the rows of the same (student, lab), every
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import re
@@ -40,11 +47,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from .compilation import grading_compile_cache, seed_cpu_check
 from .submissions import (Submission, apply_deadline, collect, is_test_cell, read_roster, redefinitions,
                           release_notebooks, repair)
 
@@ -168,9 +173,14 @@ def _scratch_course(template: Path, work: Path, sub: Submission) -> tuple[Path, 
     return scratch, sid
 
 
-def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, cell_timeout: int, timeout: int,
-              threads: int, compile_cache: Path | None = None) -> tuple[dict, list[dict]]:
-    """Autograde one submission in a copy of its lab's template; return its grades-table row and per-cell rows."""
+def grade_one(sub: Submission, template: Path | None, work: Path, *, cell_timeout: int, timeout: int,
+              threads: int, compile_cache: Path | None = None) -> tuple[dict, list[dict], dict[str, bytes]]:
+    """Autograde one submission in a copy of its lab's template, under ``work``.
+
+    Returns its grades-table row, its per-cell rows, and its files for the output folder
+    ({``autograded/<id>/<lab>.ipynb``: bytes, ``feedback/<id>/<lab>.html``: bytes}): it writes
+    nothing else, so it can run on any machine and the driver alone writes the results.
+    """
     start = time.perf_counter()
     row = {"student": sub.student, "lab": sub.lab, "file": str(sub.path.name if sub.path else ""),
            "auto_score": 0.0, "auto_max": "", "manual_max": "", "needs_manual_grading": "", "status": "not graded",
@@ -178,16 +188,18 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
     if not sub.gradable:
         row["reason"] = "; ".join([sub.problem or "not gradable"] + sub.notes)
         row["seconds"] = 0.0
-        return row, []
+        return row, [], {}
     if template is None:
         row.update(status="failed", reason="; ".join(["the lab could not be prepared for grading"] + sub.notes),
                    seconds=0.0)
-        return row, []
+        return row, [], {}
     flagged = redefinitions(sub.notebook)
     env = _env(threads, compile_cache)
     scratch, sid = _scratch_course(template, work, sub)
     notes = list(sub.notes)
     cells: list[dict] = []
+    files: dict[str, bytes] = {}
+    env["COURSE_GRADER_PID"] = str(os.getpid())  # helpers.grade_runner ends itself if this process dies
     try:
         try:  # autograde and feedback in one process (helpers.grade_runner), under one time limit
             ran = subprocess.run([sys.executable, "-m", "helpers.grade_runner", sub.lab, sid,
@@ -234,15 +246,11 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
         if flagged:
             notes.append("for a person to check: solution code rebinds " + ", ".join(sorted(set(flagged))))
             row["needs_manual_grading"] = (row["needs_manual_grading"] + " redefinitions").strip()
-        dest = out / "autograded" / safe_id(sub.student)
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(autograded, dest / f"{sub.lab}.ipynb")
+        files[f"autograded/{sid}/{sub.lab}.ipynb"] = autograded.read_bytes()
         fed = result.get("feedback") or {}
         html = scratch / "feedback" / sid / sub.lab / f"{sub.lab}.html"
         if fed.get("success") and html.is_file():
-            fdest = out / "feedback" / safe_id(sub.student)
-            fdest.mkdir(parents=True, exist_ok=True)
-            shutil.copy(html, fdest / f"{sub.lab}.html")
+            files[f"feedback/{sid}/{sub.lab}.html"] = html.read_bytes()
         else:
             notes.append(f"feedback could not be generated: {_last_error(fed.get('log', '') + fed.get('error', ''))}")
     except RuntimeError as exc:
@@ -252,7 +260,7 @@ def grade_one(sub: Submission, template: Path | None, out: Path, work: Path, *, 
         shutil.rmtree(scratch, ignore_errors=True)
     row["reason"] = "; ".join(notes)
     row["seconds"] = round(time.perf_counter() - start, 1)
-    return row, cells
+    return row, cells, files
 
 
 def _missing_rows(rows: list[dict], labs: list[str], students: list[str] | None = None) -> list[dict]:
@@ -265,22 +273,50 @@ def _missing_rows(rows: list[dict], labs: list[str], students: list[str] | None 
              "seconds": 0.0} for s in students for lab in labs if (s, lab) not in have]
 
 
-def _in_shard(student: str, students: list[str], shard: tuple[int, int]) -> bool:
-    """Whole students per shard (by their place in the sorted list), so each shard knows who is missing what."""
-    index, count = shard
-    return students.index(student) % count == index - 1
+RESUME_DIR = ".graded"  # under --out: one record per submission graded, named by its content hash
+
+
+def resume_key(sub: Submission, source_digest: str, cell_timeout: int) -> str:
+    """What decides a grade, hashed: the lab's tests (its solution notebook), the submission as
+    repaired, its notes (deadline, roster) and the cell time limit. A run that finds a record under
+    this key keeps it instead of grading the same thing again; change any of these and it regrades."""
+    text = json.dumps([sub.lab, sub.student, source_digest, cell_timeout, sub.notes, sub.notebook], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _kept(out: Path, key: str) -> dict | None:
+    """The record an earlier run left for ``key``, if its files are all still there."""
+    path = out / RESUME_DIR / f"{key}.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if all((out / name).is_file() for name in record.get("files", [])) else None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, cell_timeout: int = 120,
-                 timeout: int = 900, shard: tuple[int, int] = (1, 1), student: str | None = None,
-                 roster: list[str] | None = None, deadline: datetime | None = None,
+                 timeout: int = 900, scheduler: str | None = None, student: str | None = None,
+                 roster: list[str] | None = None, deadline: datetime | None = None, fresh: bool = False,
                  progress=print) -> list[dict]:
     """Grade everything under ``submissions`` (or one ``student``'s files); write the tables and
     feedback under ``out``, merged with what an earlier run left there; return this run's rows.
 
-    ``roster``: every student of the class, so one who sent nothing at all is listed ``missing``
-    for every lab, and a file from someone not on it is flagged. ``deadline``: late submissions
-    are noted (and graded: the penalty is the instructor's call)."""
+    The grading itself runs as Dask tasks (:mod:`helpers.grading_cluster`): on ``jobs`` local
+    worker processes, or on the cluster at ``scheduler``. Only this process writes under ``out``:
+    each result's files as it arrives, with a record under ``out/.graded`` keyed by
+    :func:`resume_key`, and the tables at the end. An interrupted run, run again, keeps what was
+    graded (unless ``fresh``) and grades the rest. ``roster``: every student of the class, so one who
+    sent nothing at all is listed ``missing`` for every lab, and a file from someone not on it is
+    flagged. ``deadline``: late submissions are noted (and graded: the penalty is the instructor's call).
+    """
+    from . import grading_cluster
     course, out = Path(course).resolve(), Path(out).resolve()
     releases = release_notebooks(course)
     subs = [repair(s, releases[s.lab]) if s.gradable else s for s in collect(Path(submissions), releases)]
@@ -298,45 +334,60 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
                               f"(students found: {', '.join(students[:10]) or 'none'}"
                               f"{', ...' if len(students) > 10 else ''})")
         subs = [s for s in subs if s.student == student]
-    subs = [s for s in subs if _in_shard(s.student, students, shard)]
     out.mkdir(parents=True, exist_ok=True)
-    for sub in subs:  # a regrade leaves no stale feedback or notebook behind, whatever its outcome
+    rows, cells, todo, keys = [], [], [], {}
+    digests = {lab: hashlib.sha256((course / "solutions" / lab / f"{lab}.ipynb").read_bytes()).hexdigest()
+               for lab in {s.lab for s in subs if s.gradable}}
+    for sub in subs:
+        if not sub.gradable:
+            rows.append(grade_one(sub, None, out, cell_timeout=cell_timeout, timeout=timeout, threads=1)[0])
+            continue
+        keys[id(sub)] = key = resume_key(sub, digests[sub.lab], cell_timeout)
+        record = None if fresh else _kept(out, key)
+        if record is not None:
+            rows.append(record["row"])
+            cells += record["cells"]
+            continue
         for old in (out / "feedback" / safe_id(sub.student) / f"{sub.lab}.html",
                     out / "autograded" / safe_id(sub.student) / f"{sub.lab}.ipynb"):
-            old.unlink(missing_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    progress(f"{len(subs)} submission(s) found under {submissions}; grading with {jobs} job(s), "
-             f"{threads} thread(s) each")
-    rows, cells = [], []
-    with tempfile.TemporaryDirectory(prefix="batch-grading-") as work, ThreadPoolExecutor(max(1, jobs)) as pool:
+            old.unlink(missing_ok=True)  # a regrade leaves no stale feedback or notebook behind
+        todo.append(sub)
+    kept = sum(1 for r in rows if r["status"] != "not graded")
+    scheduler = grading_cluster.scheduler_address(scheduler)
+    where = f"the Dask cluster at {scheduler}" if scheduler else f"{jobs} local worker process(es)"
+    progress(f"{len(subs)} submission(s) found under {submissions}"
+             + (f"; {kept} kept from an earlier run into {out} (unchanged)" if kept else "")
+             + (f"; grading {len(todo)} on {where}" if todo else "; nothing left to grade"))
+
+    def arrived(sub: Submission, row: dict, cell_rows: list[dict], files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            _write_atomically(out / name, data)
+        if row["status"] == "graded":  # a failure is tried again by the next run
+            record = {"row": row, "cells": cell_rows, "files": sorted(files)}
+            _write_atomically(out / RESUME_DIR / f"{keys[id(sub)]}.json", json.dumps(record).encode())
+        rows.append(row)
+        cells.extend(cell_rows)
+        score = f"{row['auto_score']}/{row['auto_max']}" if row["status"] == "graded" else row["status"]
+        progress(f"  {row['student']} / {row['lab']}: {score}" + (f"  ({row['reason']})" if row["reason"] else ""))
+
+    with tempfile.TemporaryDirectory(prefix="batch-grading-") as work:
         templates = {}
-        for lab in sorted({s.lab for s in subs if s.gradable}):
+        for lab in sorted({s.lab for s in todo}):
             try:
-                templates[lab] = lab_template(course, Path(work), lab)
+                templates[lab] = grading_cluster.template_blob(lab_template(course, Path(work), lab))
             except RuntimeError as exc:
                 progress(f"  {exc}")
-        compile_cache = grading_compile_cache()
-        if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # the machine's CPU check, once, not per submission
-            try:
-                compile_cache.mkdir(parents=True, exist_ok=True)
-            except OSError:  # no writable course cache here: one for this run only
-                compile_cache = Path(work) / "inductor-cache"
-                compile_cache.mkdir()
-            check = seed_cpu_check(compile_cache)
-            if check.folder is None:
-                progress(f"  {check.describe()}")
-        futures = [pool.submit(grade_one, s, templates.get(s.lab), out, Path(work), cell_timeout=cell_timeout,
-                               timeout=timeout, threads=threads, compile_cache=compile_cache)
-                   for s in subs]
-        for future in futures:
-            row, cell_rows = future.result()
-            rows.append(row)
-            cells += cell_rows
-            score = f"{row['auto_score']}/{row['auto_max']}" if row["status"] == "graded" else row["status"]
-            progress(f"  {row['student']} / {row['lab']}: {score}" + (f"  ({row['reason']})" if row["reason"] else ""))
+        for sub in [s for s in todo if s.lab not in templates]:
+            arrived(sub, grade_one(sub, None, Path(work), cell_timeout=cell_timeout, timeout=timeout, threads=1)[0],
+                    [], {})
+        todo = [s for s in todo if s.lab in templates]
+        if todo:
+            threads = None if scheduler else max(1, (os.cpu_count() or 1) // max(1, jobs))
+            options = grading_cluster.Options(cell_timeout=cell_timeout, timeout=timeout, threads=threads)
+            with grading_cluster.open_client(scheduler, jobs) as client:
+                grading_cluster.run(client, todo, templates, options, arrived)
     if student is None:
-        mine = [r for r in (roster or []) if _in_shard(r, students, shard)] if roster is not None else None
-        rows += _missing_rows(rows, all_labs, None if mine is None else mine + [r["student"] for r in rows])
+        rows += _missing_rows(rows, all_labs, None if roster is None else roster + [r["student"] for r in rows])
     rows.sort(key=lambda r: (r["student"], r["lab"]))
     graded = {(r["student"], r["lab"]): r["status"] for r in rows}
     _merge_csv(out / "grades.csv", COLUMNS, rows, graded)
@@ -393,16 +444,6 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _shard(text: str) -> tuple[int, int]:
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard takes i/n, e.g. 2/3; got {text!r}") from None
-    if not 1 <= index <= count:
-        raise argparse.ArgumentTypeError(f"--shard {text}: need 1 <= i <= n")
-    return index, count
-
-
 def _deadline(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
@@ -416,11 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--course", type=Path, default=Path.cwd(), help="course folder, the one with nbgrader_config.py (default: here)")
     parser.add_argument("--out", type=Path, default=Path("grading"), help="where tables and feedback go; an earlier run there is merged, not overwritten (default: grading)")
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                        help="submissions graded at once (default: half the cores)")
+                        help="local worker processes, one submission each at a time (default: half the cores)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="grade on the Dask cluster at ADDRESS (tcp://host:8786, or a scheduler file "
+                             "*.json) instead of local workers; default: $DASK_SCHEDULER_ADDRESS if set")
     parser.add_argument("--cell-timeout", type=int, default=120, help="seconds a cell may run before it is stopped (default: 120)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds one submission may take in all (default: 900)")
-    parser.add_argument("--shard", type=_shard, default=(1, 1),
-                        help="grade slice i of n, whole students per slice, on several machines (default: 1/1, all)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="grade every submission again, even those an earlier run into --out graded unchanged")
     parser.add_argument("--roster", type=Path, default=None,
                         help="CSV of the class (a 'student' column, or the first): lists students who sent "
                              "nothing and flags files from anyone not on it (default: none)")
@@ -432,17 +476,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.course / "nbgrader_config.py").is_file():
         parser.error(f"{args.course} is not the course folder (no nbgrader_config.py): pass --course")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if not args.submissions.is_dir():
         parser.error(f"submissions folder {args.submissions} does not exist")
     start = time.perf_counter()
     try:
         roster = read_roster(args.roster) if args.roster is not None else None
         rows = grade_folder(args.submissions, args.course, args.out, jobs=args.jobs,
-                            cell_timeout=args.cell_timeout, timeout=args.timeout, shard=args.shard,
+                            cell_timeout=args.cell_timeout, timeout=args.timeout, scheduler=args.scheduler, fresh=args.fresh,
                             student=args.student, roster=roster, deadline=args.deadline)
     except (LookupError, FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
         print(f"batch_grading: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"batch_grading: interrupted. What was graded is kept under {args.out / RESUME_DIR}: run the "
+              "same command again to grade the rest.", file=sys.stderr)
+        return 130
     print(summary(rows))
     print(f"wrote {args.out / 'grades.csv'}, {args.out / 'grades_by_cell.csv'} and feedback under "
           f"{args.out / 'feedback'} in {time.perf_counter() - start:.0f} s")

@@ -15,7 +15,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
+
+
+def die_with_parent() -> None:
+    """On Linux, end this process when the grader that started it dies (``COURSE_GRADER_PID``).
+
+    A Dask worker killed in the middle of a submission would otherwise leave this process, and the
+    kernel it runs, grading on for nobody while the task is retried elsewhere; the kernel watches
+    this process and ends with it. Elsewhere a no-op.
+    """
+    parent = os.environ.get("COURSE_GRADER_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it died before the line above took effect
+        os._exit(1)
 
 
 def _result(outcome: dict) -> dict:
@@ -29,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("student", help="the student id in this scratch course")
     parser.add_argument("--cell-timeout", type=int, default=120, help="seconds a cell may run (default: 120)")
     args = parser.parse_args(argv)
+    die_with_parent()
 
     from nbgrader.apps import NbGraderAPI
     from traitlets.config.loader import PyFileConfigLoader

@@ -216,7 +216,7 @@ def self_check(notebook: str | os.PathLike | dict | None = None, namespace: dict
         print("self_check: this notebook has no autograded test cells.")
         return results
     for r in results:
-        mark = "\u2705" if r.passed else "\u274c"
+        mark = "PASS" if r.passed else "FAIL"  # plain letters: every font has them (an emoji font may be missing)
         line = f"{mark} {r.grade_id} ({r.points:g} pt)"
         print(line if r.passed else f"{line}: {r.message}")
     got = sum(r.points for r in results if r.passed)

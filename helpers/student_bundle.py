@@ -48,7 +48,8 @@ configure_nbgrader_execution(c)  # the same as the instructors' grading runs
 '''
 TOP_FOLDERS = ("labs", "helpers", "images")
 # Instructor tools inside the helpers package: not needed to work a lab.
-INSTRUCTOR_MODULES = ("batch_grading.py", "submissions.py", "feedback.py", "manual_marks.py", "student_bundle.py")
+INSTRUCTOR_MODULES = ("batch_grading.py", "grading_cluster.py", "grade_runner.py", "submissions.py", "feedback.py",
+                      "manual_marks.py", "student_bundle.py")
 SKIP_PARTS = ("__pycache__", ".ipynb_checkpoints")
 MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "Model answer (for graders")
 
