@@ -24,11 +24,12 @@ again elsewhere; a submission that kills every worker that tries it ends ``faile
 
 Resuming: every graded submission leaves a record under ``<out>/.graded`` named by a hash of what
 decides its grade (:func:`resume_key`); the same command run again after an interruption keeps
-those and grades the rest. ``--fresh`` grades everything again.
+those whose files are unchanged and grades the rest. ``--fresh`` grades everything again.
 
 Regrading: ``--student ID`` grades only that student's files. A run into an ``--out`` that
 already holds tables **merges**: its rows replace the rows of the same (student, lab), every
-other row is kept, and the regraded submissions' old feedback and notebooks are removed first.
+other row is kept, and the regraded submissions' old feedback and notebooks are replaced (or
+removed) as their new results arrive.
 
 Exit status: 0 when every gradable submission was graded; 1 when one failed (the kernel died,
 a time limit, nbgrader itself) or nothing was found to grade; 2 for a wrong command line.
@@ -274,24 +275,53 @@ def _missing_rows(rows: list[dict], labs: list[str], students: list[str] | None 
 
 
 RESUME_DIR = ".graded"  # under --out: one record per submission graded, named by its content hash
+GRADER_VERSION = "2"    # part of every resume key: raise it when a change to grading changes grades
 
 
-def resume_key(sub: Submission, source_digest: str, cell_timeout: int) -> str:
-    """What decides a grade, hashed: the lab's tests (its solution notebook), the submission as
-    repaired, its notes (deadline, roster) and the cell time limit. A run that finds a record under
-    this key keeps it instead of grading the same thing again; change any of these and it regrades."""
-    text = json.dumps([sub.lab, sub.student, source_digest, cell_timeout, sub.notes, sub.notebook], sort_keys=True)
+def lab_digest(course: Path, lab: str) -> str:
+    """A hash of what a lab is graded against: every file of ``solutions/<lab>/`` (the tests, the
+    points, the data beside them) and the course's ``nbgrader_config.py``."""
+    digest = hashlib.sha256(GRADER_VERSION.encode())
+    folder = course / "solutions" / lab
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+        part.startswith(".") or part == "__pycache__" for part in p.relative_to(folder).parts))
+    for path in files + [course / "nbgrader_config.py"]:
+        digest.update(str(path.relative_to(course)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def resume_key(sub: Submission, source_digest: str, cell_timeout: int, timeout: int = 900) -> str:
+    """What decides a grade, hashed: the lab (:func:`lab_digest`), the submission as repaired, its
+    notes (deadline, roster) and the time limits. A run that finds a record under this key keeps
+    it instead of grading the same thing again; change any of these and it regrades."""
+    text = json.dumps([sub.lab, sub.student, source_digest, cell_timeout, timeout, sub.notes, sub.notebook],
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _kept(out: Path, key: str) -> dict | None:
-    """The record an earlier run left for ``key``, if its files are all still there."""
+    """The record an earlier run left for ``key``, if the files it wrote are still there unchanged
+    (a later grade of another version of the same submission overwrites them)."""
     path = out / RESUME_DIR / f"{key}.json"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        files = record["files"]
+        intact = all(_sha((out / name).read_bytes()) == sha for name, sha in files.items())
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None
-    return record if all((out / name).is_file() for name in record.get("files", [])) else None
+    return record if intact else None
+
+
+def _worth_keeping(row: dict) -> bool:
+    """A grade the next run may keep: graded, no cell stopped by the time limit (which a busy
+    machine can cause), and its feedback written. Anything else is tried again."""
+    reason = row.get("reason", "")
+    return row["status"] == "graded" and "limit and was interrupted" not in reason \
+        and "feedback could not be generated" not in reason
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -299,6 +329,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     partial.write_bytes(data)
     os.replace(partial, path)
+
+
+def _clear(out: Path, sub: Submission) -> None:
+    """Remove the feedback and notebook an earlier run wrote for this student and lab."""
+    for old in (out / "feedback" / safe_id(sub.student) / f"{sub.lab}.html",
+                out / "autograded" / safe_id(sub.student) / f"{sub.lab}.ipynb"):
+        old.unlink(missing_ok=True)
 
 
 def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, cell_timeout: int = 120,
@@ -310,11 +347,13 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
 
     The grading itself runs as Dask tasks (:mod:`helpers.grading_cluster`): on ``jobs`` local
     worker processes, or on the cluster at ``scheduler``. Only this process writes under ``out``:
-    each result's files as it arrives, with a record under ``out/.graded`` keyed by
-    :func:`resume_key`, and the tables at the end. An interrupted run, run again, keeps what was
-    graded (unless ``fresh``) and grades the rest. ``roster``: every student of the class, so one who
-    sent nothing at all is listed ``missing`` for every lab, and a file from someone not on it is
-    flagged. ``deadline``: late submissions are noted (and graded: the penalty is the instructor's call).
+    each result's files as it arrives (an earlier run's files for that submission are removed at
+    that moment, not before), with a record under ``out/.graded`` keyed by :func:`resume_key`, and
+    the tables at the end. An interrupted run, run again, keeps what was graded (unless ``fresh``)
+    and grades the rest; the tables keep their earlier rows for what is kept (manual marks included).
+    ``roster``: every student of the class, so one who sent nothing at all is listed ``missing`` for
+    every lab, and a file from someone not on it is flagged. ``deadline``: late submissions are noted
+    (and graded: the penalty is the instructor's call).
     """
     from . import grading_cluster
     course, out = Path(course).resolve(), Path(out).resolve()
@@ -335,35 +374,35 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
                               f"{', ...' if len(students) > 10 else ''})")
         subs = [s for s in subs if s.student == student]
     out.mkdir(parents=True, exist_ok=True)
-    rows, cells, todo, keys = [], [], [], {}
-    digests = {lab: hashlib.sha256((course / "solutions" / lab / f"{lab}.ipynb").read_bytes()).hexdigest()
-               for lab in {s.lab for s in subs if s.gradable}}
+    rows, cells, todo, keys, kept = [], [], [], {}, set()
+    digests = {lab: lab_digest(course, lab) for lab in {s.lab for s in subs if s.gradable}}
+    gradable = {(s.student, s.lab) for s in subs if s.gradable}
     for sub in subs:
         if not sub.gradable:
+            if (sub.student, sub.lab) not in gradable:  # a broken new file: the old grade's feedback must go
+                _clear(out, sub)
             rows.append(grade_one(sub, None, out, cell_timeout=cell_timeout, timeout=timeout, threads=1)[0])
             continue
-        keys[id(sub)] = key = resume_key(sub, digests[sub.lab], cell_timeout)
+        keys[id(sub)] = key = resume_key(sub, digests[sub.lab], cell_timeout, timeout)
         record = None if fresh else _kept(out, key)
         if record is not None:
             rows.append(record["row"])
             cells += record["cells"]
+            kept.add((sub.student, sub.lab))
             continue
-        for old in (out / "feedback" / safe_id(sub.student) / f"{sub.lab}.html",
-                    out / "autograded" / safe_id(sub.student) / f"{sub.lab}.ipynb"):
-            old.unlink(missing_ok=True)  # a regrade leaves no stale feedback or notebook behind
         todo.append(sub)
-    kept = sum(1 for r in rows if r["status"] != "not graded")
     scheduler = grading_cluster.scheduler_address(scheduler)
     where = f"the Dask cluster at {scheduler}" if scheduler else f"{jobs} local worker process(es)"
     progress(f"{len(subs)} submission(s) found under {submissions}"
-             + (f"; {kept} kept from an earlier run into {out} (unchanged)" if kept else "")
+             + (f"; {len(kept)} kept from an earlier run into {out} (unchanged)" if kept else "")
              + (f"; grading {len(todo)} on {where}" if todo else "; nothing left to grade"))
 
     def arrived(sub: Submission, row: dict, cell_rows: list[dict], files: dict[str, bytes]) -> None:
+        _clear(out, sub)  # only now: a run that never got this far leaves the earlier grade's files
         for name, data in files.items():
             _write_atomically(out / name, data)
-        if row["status"] == "graded":  # a failure is tried again by the next run
-            record = {"row": row, "cells": cell_rows, "files": sorted(files)}
+        if _worth_keeping(row):
+            record = {"row": row, "cells": cell_rows, "files": {name: _sha(data) for name, data in files.items()}}
             _write_atomically(out / RESUME_DIR / f"{keys[id(sub)]}.json", json.dumps(record).encode())
         rows.append(row)
         cells.extend(cell_rows)
@@ -382,16 +421,17 @@ def grade_folder(submissions: Path, course: Path, out: Path, *, jobs: int = 1, c
                     [], {})
         todo = [s for s in todo if s.lab in templates]
         if todo:
-            threads = None if scheduler else max(1, (os.cpu_count() or 1) // max(1, jobs))
+            from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup limits)
+            threads = None if scheduler else max(1, CPU_COUNT // max(1, jobs))
             options = grading_cluster.Options(cell_timeout=cell_timeout, timeout=timeout, threads=threads)
-            with grading_cluster.open_client(scheduler, jobs) as client:
+            with grading_cluster.open_client(scheduler, jobs, progress=progress) as client:
                 grading_cluster.run(client, todo, templates, options, arrived)
     if student is None:
         rows += _missing_rows(rows, all_labs, None if roster is None else roster + [r["student"] for r in rows])
     rows.sort(key=lambda r: (r["student"], r["lab"]))
     graded = {(r["student"], r["lab"]): r["status"] for r in rows}
-    _merge_csv(out / "grades.csv", COLUMNS, rows, graded)
-    all_cells = _merge_csv(out / "grades_by_cell.csv", CELL_COLUMNS, cells, graded)
+    _merge_csv(out / "grades.csv", COLUMNS, rows, graded, prefer_earlier=kept)
+    all_cells = _merge_csv(out / "grades_by_cell.csv", CELL_COLUMNS, cells, graded, prefer_earlier=kept)
     from .manual_marks import write_template  # one row per written answer waiting for a person
     write_template(out, all_cells)
     return rows
@@ -404,15 +444,20 @@ def _replaces(earlier: dict, graded: dict) -> bool:
     return status is not None and status != "missing"
 
 
-def _merge_csv(path: Path, columns: list[str], rows: list[dict], graded: dict) -> list[dict]:
+def _merge_csv(path: Path, columns: list[str], rows: list[dict], graded: dict,
+               prefer_earlier: set = frozenset()) -> list[dict]:
     """Write ``rows`` to ``path``, keeping every earlier row there whose (student, lab) this run did
-    not grade again (``graded``: {(student, lab): this run's status}); return what was written."""
+    not grade again (``graded``: {(student, lab): this run's status}); return what was written.
+    ``prefer_earlier``: (student, lab) whose grade this run kept unchanged: the earlier rows stay
+    as they are (with any manual marks typed into them since), when there are any."""
     kept = []
     if path.is_file():
         earlier = read_csv(path)
         if earlier and set(earlier[0]) != set(columns):
             raise RuntimeError(f"{path} has other columns than this grader writes: use a new --out")
-        kept = [r for r in earlier if not _replaces(r, graded)]
+        prefer_earlier = {k for k in prefer_earlier if any((r["student"], r["lab"]) == k for r in earlier)}
+        kept = [r for r in earlier if not _replaces(r, graded) or (r["student"], r["lab"]) in prefer_earlier]
+        rows = [r for r in rows if (r["student"], r["lab"]) not in prefer_earlier]
         known = {(r["student"], r["lab"]) for r in kept}
         rows = [r for r in rows if not (r.get("status") == "missing" and (r["student"], r["lab"]) in known)]
     merged = sorted(kept + rows, key=lambda r: (r["student"], r["lab"]))
@@ -456,8 +501,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("submissions", type=Path, help="folder of collected submissions (any layout, see docs)")
     parser.add_argument("--course", type=Path, default=Path.cwd(), help="course folder, the one with nbgrader_config.py (default: here)")
     parser.add_argument("--out", type=Path, default=Path("grading"), help="where tables and feedback go; an earlier run there is merged, not overwritten (default: grading)")
-    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
-                        help="local worker processes, one submission each at a time (default: half the cores)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="local worker processes, one submission each at a time (default: half the cores); "
+                             "not used with --scheduler, where the cluster's workers decide")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="grade on the Dask cluster at ADDRESS (tcp://host:8786, or a scheduler file "
                              "*.json) instead of local workers; default: $DASK_SCHEDULER_ADDRESS if set")
@@ -476,14 +522,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.course / "nbgrader_config.py").is_file():
         parser.error(f"{args.course} is not the course folder (no nbgrader_config.py): pass --course")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs is not None and (args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")):
+        parser.error("--jobs starts local workers; with --scheduler (or DASK_SCHEDULER_ADDRESS) the cluster's "
+                     "workers grade: leave --jobs out")
+    jobs = args.jobs or max(1, (os.cpu_count() or 2) // 2)
     if not args.submissions.is_dir():
         parser.error(f"submissions folder {args.submissions} does not exist")
     start = time.perf_counter()
     try:
         roster = read_roster(args.roster) if args.roster is not None else None
-        rows = grade_folder(args.submissions, args.course, args.out, jobs=args.jobs,
+        rows = grade_folder(args.submissions, args.course, args.out, jobs=jobs,
                             cell_timeout=args.cell_timeout, timeout=args.timeout, scheduler=args.scheduler, fresh=args.fresh,
                             student=args.student, roster=roster, deadline=args.deadline)
     except (LookupError, FileNotFoundError, RuntimeError, ValueError, OSError) as exc:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -40,7 +41,6 @@ from typing import Callable, Iterator
 
 from .submissions import Submission
 
-SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"  # Dask's own variable: dask.config's "scheduler-address"
 
 
 @dataclass(frozen=True)
@@ -59,30 +59,52 @@ def scheduler_address(given: str | None) -> str | None:
     return given or dask.config.get("scheduler-address", None) or None
 
 
-@contextlib.contextmanager
-def open_client(scheduler: str | None, jobs: int) -> Iterator:
-    """A Dask client: to ``scheduler`` (``tcp://host:port``, or a scheduler file ``*.json``), or to a
-    local cluster of ``jobs`` worker processes, one task slot each, closed on exit.
-
-    A local cluster queues tasks on its scheduler (``worker-saturation`` 1.0), so a worker holds only
-    the submission it runs: when one dies, no other submission is counted against it.
-    """
-    import dask
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        path = Path(scheduler)
+def _address(scheduler: str) -> str:
+    """The address in ``scheduler``: itself (``tcp://host:8786``), or what a scheduler file names."""
+    path = Path(scheduler)
+    if path.suffix == ".json" or path.is_file():
         try:
-            client = Client(scheduler_file=str(path), timeout="30s") if scheduler.endswith(".json") \
-                else Client(scheduler, timeout="30s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise RuntimeError(f"could not reach the Dask scheduler at {scheduler}: {exc}") from None
-        with client:
+            address = json.loads(path.read_text(encoding="utf-8")).get("address")
+        except FileNotFoundError:
+            raise RuntimeError(f"--scheduler {scheduler}: no scheduler file there") from None
+        except (OSError, ValueError, AttributeError) as exc:
+            raise RuntimeError(f"--scheduler {scheduler}: not a Dask scheduler file ({exc})") from None
+        if not isinstance(address, str) or not address:
+            raise RuntimeError(f"--scheduler {scheduler}: the scheduler file names no address")
+        return address
+    if "://" not in scheduler:
+        raise RuntimeError(f"--scheduler {scheduler!r} is neither a scheduler file nor an address like "
+                           "tcp://host:8786")
+    return scheduler
+
+
+@contextlib.contextmanager
+def open_client(scheduler: str | None, jobs: int, progress: Callable[[str], None] = print,
+                wait_for_workers_s: float = 120) -> Iterator:
+    """A Dask client: to ``scheduler`` (``tcp://host:port``, or a scheduler file), or to a local
+    cluster of ``jobs`` worker processes, one task slot each; closed on exit. A cluster that has no
+    worker after ``wait_for_workers_s`` is an error, not a silent wait."""
+    from distributed import Client, LocalCluster
+    from distributed import TimeoutError as DaskTimeout
+
+    if not scheduler:
+        with LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True, dashboard_address=":0",
+                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield client
         return
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
-            LocalCluster(n_workers=max(1, jobs), threads_per_worker=1, processes=True, dashboard_address=":0",
-                         silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    address = _address(scheduler)
+    try:
+        client = Client(address, timeout="30s")
+    except Exception as exc:  # noqa: BLE001 - OSError, timeouts (asyncio's on 3.10), a version mismatch
+        raise RuntimeError(f"could not reach the Dask scheduler at {address}: {type(exc).__name__}: {exc}") from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=wait_for_workers_s)
+        except (TimeoutError, DaskTimeout):  # the same class from Python 3.11 on, asyncio's before
+            raise RuntimeError(f"the Dask scheduler at {address} has had no worker for {wait_for_workers_s:.0f} s: "
+                               "start some (dask worker ...)") from None
+        slots = sum(client.nthreads().values())
+        progress(f"  the Dask cluster at {address}: {len(client.nthreads())} worker(s), {slots} task slot(s)")
         yield client
 
 
@@ -98,23 +120,31 @@ def run(client, subs: list[Submission], templates: dict[str, bytes], options: Op
         on_result: Callable[[Submission, dict, list[dict], dict[str, bytes]], None]) -> None:
     """Grade ``subs`` as Dask tasks; call ``on_result(sub, row, cells, files)`` in the driver as each ends.
 
-    ``templates``: {lab: :func:`template_blob`}, sent once to the cluster. A task that failed
-    (every worker that tried it died, or the task itself raised) still calls ``on_result``, with a
-    ``failed`` row and its reason: nothing submitted is dropped.
+    At most as many tasks as the cluster has task slots are out at a time, the next sent as one
+    ends: a worker then holds only the submission it runs, so when it dies (killed, out of memory)
+    only that submission is counted against it, and one that kills its worker every time cannot take
+    the others down with it. Each task carries its lab's template (:func:`template_blob`, tens of
+    KB) and depends on nothing. A task that failed (every worker that tried it died, or the task
+    itself raised) still calls ``on_result``, with a ``failed`` row and its reason. Losing the
+    scheduler is an error for the whole run (what was graded is kept for the next one).
     """
+    from concurrent.futures import CancelledError
+
     from distributed import KilledWorker, as_completed
 
-    if not subs:
-        return
-    # Each template is a task holding its bytes, not scattered data: a task's result that is lost
-    # with a worker is made again from its spec, where scattered data would be gone for good.
-    shared = {lab: client.submit(bytes, blob, key=f"template-{lab}-{hashlib.sha256(blob).hexdigest()[:12]}")
-              for lab, blob in templates.items()}
-    futures = {}
-    for sub in subs:
+    waiting = list(reversed(subs))
+    futures: dict = {}
+
+    def send() -> None:
+        sub = waiting.pop()
         key = f"grade-{sub.lab}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', sub.student)}-{uuid.uuid4().hex[:8]}"
-        futures[client.submit(grade_task, sub, shared.get(sub.lab), options, key=key, pure=False)] = sub
-    for future in as_completed(futures):
+        future = client.submit(grade_task, sub, templates.get(sub.lab), options, key=key, pure=False)
+        futures[future] = sub
+        return future
+
+    slots = max(1, sum(client.nthreads().values()))
+    running = as_completed([send() for _ in range(min(slots, len(waiting)))])
+    for future in running:
         sub = futures.pop(future)
         try:
             row, cells, files = future.result()
@@ -122,11 +152,17 @@ def run(client, subs: list[Submission], templates: dict[str, bytes], options: Op
             on_result(sub, _failed(sub, f"every worker that graded it died ({exc.allowed_failures + 1} tries, the "
                                         "last on " f"{exc.last_worker.address}): the notebook may end or exhaust "
                                         "the process running it; not tried again"), [], {})
+        except CancelledError:
+            raise RuntimeError("lost the Dask scheduler (or it cancelled the work) in the middle of the run; "
+                               "run the same command again: what was graded is kept") from None
         except Exception as exc:  # noqa: BLE001 - a bug in the grader must not lose the other submissions
             on_result(sub, _failed(sub, f"the grading task raised {type(exc).__name__}: {exc}"), [], {})
         else:
             on_result(sub, row, cells, files)
         future.release()
+        slots = max(1, sum(client.nthreads().values()))  # a cluster may grow or shrink as it runs
+        while waiting and len(futures) < slots:
+            running.add(send())
 
 
 def _failed(sub: Submission, reason: str) -> dict:
@@ -141,15 +177,23 @@ _LOCK = threading.Lock()
 _PREPARED: dict[str, Path] = {}
 
 
+_TEMPLATES_KEPT = 24  # a long-lived worker keeps this many unpacked templates, the oldest removed first
+
+
 def _worker_folder() -> Path:
-    """This worker's own scratch folder (Dask removes it when the worker closes)."""
+    """This worker's own scratch folder (Dask removes it when the worker closes); outside a worker
+    (a plain call, e.g. from a test), one temporary folder for this process, removed at its exit."""
     try:
         from distributed import get_worker
-        worker = get_worker()
-    except (ImportError, ValueError):  # not on a Dask worker: a plain call, e.g. from a test
-        import tempfile
-        return Path(tempfile.mkdtemp(prefix="course-grading-"))
-    return Path(worker.local_directory)
+        return Path(get_worker().local_directory)
+    except (ImportError, ValueError):
+        if "folder" not in _PREPARED:
+            import atexit
+            import shutil
+            import tempfile
+            _PREPARED["folder"] = Path(tempfile.mkdtemp(prefix="course-grading-"))
+            atexit.register(shutil.rmtree, _PREPARED["folder"], True)
+        return _PREPARED["folder"]
 
 
 def _prepared(key: str, make: Callable[[Path], None]) -> Path:
@@ -163,6 +207,10 @@ def _prepared(key: str, make: Callable[[Path], None]) -> Path:
                 make(partial)
                 partial.rename(folder)
             _PREPARED[key] = folder
+            templates = [k for k in _PREPARED if k.startswith("template-")]
+            for old in templates[:-_TEMPLATES_KEPT]:  # a run's templates differ from the last run's
+                import shutil
+                shutil.rmtree(_PREPARED.pop(old), ignore_errors=True)
         return _PREPARED[key]
 
 
@@ -203,7 +251,8 @@ def _threads(options: Options) -> int:
         slots = get_worker().state.nthreads
     except (ImportError, ValueError, AttributeError):
         slots = 1
-    return max(1, (os.cpu_count() or 1) // max(1, slots))
+    from dask.system import CPU_COUNT  # the cores this process may use (affinity, cgroup limits)
+    return max(1, CPU_COUNT // max(1, slots))
 
 
 def grade_task(sub: Submission, blob: bytes | None, options: Options) -> tuple[dict, list[dict], dict[str, bytes]]:

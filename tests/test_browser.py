@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -40,7 +39,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def jupyterlab(root: Path, logs: Path, **env_extra: str):
     """JupyterLab on a free localhost port with a token, serving ``root``; yields its base URL and
-    token; stops it (and the kernels it started) on exit. ``expose_app_in_browser`` lets a test run
+    token; stops it on exit (it shuts its kernels down, and a kernel also ends when its server does). ``expose_app_in_browser`` lets a test run
     JupyterLab's own commands (Run All) instead of hunting for menu items."""
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(logs / "config"), JUPYTER_RUNTIME_DIR=str(logs / "rt"),
@@ -56,7 +55,7 @@ def jupyterlab(root: Path, logs: Path, **env_extra: str):
                                "--ServerApp.ip=127.0.0.1", "--allow-root", "--LabApp.news_url=",
                                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
                                "--LabApp.expose_app_in_browser=True"],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -74,10 +73,6 @@ def jupyterlab(root: Path, logs: Path, **env_extra: str):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-        try:  # kernels it could not stop
-            os.killpg(server.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         log.close()
 
 
