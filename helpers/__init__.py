@@ -34,7 +34,7 @@ Modules, one job each:
 _EXPORTS = {
     **dict.fromkeys(['quiet_stderr', 'self_check'], 'grading'),
     **dict.fromkeys(['Capability', 'best_device', 'bf16_support', 'compute_capability', 'cpp_compiler', 'cpu_bf16', 'cpu_features', 'cpu_int8_dot', 'environment_summary', 'fp16_tensor_cores', 'in_colab', 'machine_label', 'max_autotune_gemms', 'runtime_environment', 'use_threads'], 'hardware'),
-    **dict.fromkeys(['DEFAULT_MODEL', 'Encoder', 'FALLBACK_MODEL', 'RANDOM_MPNET', 'SMOKE_MODEL', 'embed_module', 'embed_texts', 'encode', 'hub_status', 'inputs_of_shape', 'load_encoder', 'MPNET_MODEL', 'mean_pool', 'quality_encoder', 'random_like', 'sentence_embeddings', 'sentence_transformers_encode', 'weights_folder'], 'models'),
+    **dict.fromkeys(['DEFAULT_MODEL', 'Encoder', 'FALLBACK_MODEL', 'RANDOM_MPNET', 'SMOKE_MODEL', 'embed_module', 'embed_texts', 'encode', 'hub_status', 'inputs_of_shape', 'load_encoder', 'MPNET_MODEL', 'mean_pool', 'quality_encoder', 'random_like', 'sentence_embeddings', 'sentence_transformer', 'sentence_transformers_encode', 'weights_folder'], 'models'),
     **dict.fromkeys(['PROFILES', 'Profile', 'get_profile'], 'profile'),
     **dict.fromkeys(['PairedRecall', 'QAPair', 'REFERENCE_CHANGE', 'cosine_to_reference', 'load_qa_pairs', 'paired_recall_test', 'quality_figures', 'retrieval_hits', 'retrieval_metrics', 'retrieval_quality', 'retrieval_ranks'], 'quality'),
     **dict.fromkeys(['WeightsError', 'mpnet_dir'], 'weights'),

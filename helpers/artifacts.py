@@ -73,7 +73,9 @@ def environment_facts(device: str = "cpu", threads: int | None = None) -> dict:
             "machine": platform.machine(), "threads": int(threads if threads is not None else torch.get_num_threads()),
             "python": platform.python_version(), "torch": torch.__version__,
             **{name: version(name) for name in ("onnxruntime", "onnxruntime-gpu", "onnx", "transformers",
-                                                "torchao", "torch-tensorrt")}}
+                                                "torchao", "torch-tensorrt", "sentence-transformers",
+                                                "optimum", "optimum-onnx", "optimum-intel", "openvino", "nncf",
+                                                "datasets")}}
 
 
 def fingerprint(weights: str, backend: str, settings: Mapping, environment: Mapping) -> dict:

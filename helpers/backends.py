@@ -62,7 +62,17 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("tensorrt", ("fp32", "fp16"), "the same file on ONNX Runtime's TensorRT execution provider"),
     Backend("onnxruntime-int8", ("int8",), "lab 06's recipe: ONNX Runtime dynamic int8, per-channel weights"),
     Backend("torch-int8", ("int8",), "lab 03's classic recipe: torch.ao dynamic int8 Linear layers (legacy API)"),
+    Backend("st-onnx", ("fp32", "int8"), "sentence-transformers' own ONNX backend (optimum-onnx): its O2 graph "
+                                         "optimization; int8: its dynamic quantization preset for this CPU"),
+    Backend("st-openvino", ("fp32", "int8"), "sentence-transformers' OpenVINO backend (optimum-intel), fp32 kept "
+                                             "fp32; int8: its static quantization (NNCF), calibrated on training texts"),
 )}
+# sentence-transformers' own backends: the extra that brings each, the module it needs, the package
+# and the pin that keeps it out of the course's environment (as of 2026-12): each is a dependency
+# group of its own in pyproject.toml, synced into an environment of its own (README).
+LIBRARY_BACKENDS = {"st-onnx": ("onnx", "optimum.onnxruntime", "optimum-onnx", "transformers < 4.58"),
+                    "st-openvino": ("openvino", "optimum.intel.openvino", "optimum-intel", "transformers < 5.6")}
+ST_ONNX_OPTIMIZATION = "O2"  # exact fusions only; O3 adds a tanh approximation of GELU; O4 is O3 in fp16, for GPUs
 ENV_VARS = {
     "EMBED_OPTIMIZE": "1 (choose a backend) or 0 (serve eager fp32)",
     "EMBED_BACKEND": "auto or one of " + ", ".join(BACKENDS),
@@ -118,6 +128,12 @@ class Settings:
             out.update(mode=self.compile_mode, dynamic=True)
         if backend in ("onnxruntime", "onnxruntime-cuda", "tensorrt", "onnxruntime-int8"):
             out.update(dynamic_axes=["batch", "sequence"])
+        if backend in LIBRARY_BACKENDS:
+            out.update(file=_library_file(backend, precision))
+            if backend == "st-onnx" and precision == "fp32":
+                out.update(optimization=ST_ONNX_OPTIMIZATION)
+            if backend == "st-openvino" and precision == "int8":
+                out.update(calibration=calibration_fingerprint())
         return out
 
     def selection_settings(self) -> dict:
@@ -203,6 +219,8 @@ def availability(backend: str, precision: str, device: str = "cpu") -> Capabilit
             if device == "cpu" and not cpp_compiler().ok:
                 return Capability(False, cpp_compiler().reason)
         return Capability(True, f"torch {torch.__version__} on {device}")
+    if backend in LIBRARY_BACKENDS:
+        return _library_availability(backend, precision, device)
     import onnxruntime as ort
     providers = ort.get_available_providers()
     if backend in ("onnxruntime", "onnxruntime-int8", "torch-int8"):
@@ -226,6 +244,32 @@ def availability(backend: str, precision: str, device: str = "cpu") -> Capabilit
                                  + ("no tensorrt package, " if not trt else "")
                                  + f"providers {', '.join(providers)}")
     return Capability(False, "no such backend")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a missing parent package
+        return False
+
+
+def _library_availability(backend: str, precision: str, device: str) -> Capability:
+    """sentence-transformers' backends run where their extra is installed, on the CPU."""
+    from importlib import metadata
+    extra, module, dist, pin = LIBRARY_BACKENDS[backend]
+    if not _importable("sentence_transformers") or not _importable(module):
+        import transformers
+        return Capability(False, f"needs sentence-transformers[{extra}] ({dist}), not installed here "
+                                 f"(transformers {transformers.__version__}); as of 2026-12 {dist} needs {pin}, "
+                                 f"so it is the dependency group {backend}, synced into an environment of its own "
+                                 "(README, 'sentence-transformers' own backends')")
+    if device != "cpu":
+        return Capability(False, f"{backend} is measured on the CPU here; EMBED_DEVICE={device}")
+    if backend == "st-openvino" and precision == "int8" and not _importable("datasets"):
+        return Capability(False, "its static quantization reads the calibration texts with `datasets`, not installed")
+    return Capability(True, f"sentence-transformers {metadata.version('sentence-transformers')}, "
+                            f"{dist} {metadata.version(dist)}")
 
 
 # --- the model files a server reads (helpers.deployment.prepare_context) ------------------
@@ -332,7 +376,97 @@ def build_artifact(backend: str, precision: str, files: ModelFiles, settings: Se
         if artifacts is not None:
             (folder / "compile-cache.bin").write_bytes(artifacts[0])
         return {"file": "compile-cache.bin" if artifacts else None, "mode": settings.compile_mode}
+    if backend in LIBRARY_BACKENDS:
+        return _build_library(backend, precision, files, settings, folder)
     return {"file": None}  # eager, torch-int8: built from the weights at load, in well under a second
+
+
+def _library_file(backend: str, precision: str) -> str:
+    """Where the library's export functions write each artifact, inside ``st/``."""
+    from .hardware import ort_quantization_target
+    return {("st-onnx", "fp32"): f"onnx/model_{ST_ONNX_OPTIMIZATION}.onnx",
+            ("st-onnx", "int8"): f"onnx/model_int8_{ort_quantization_target()}.onnx",
+            ("st-openvino", "fp32"): "openvino/openvino_model.xml",
+            ("st-openvino", "int8"): "openvino/openvino_model_qint8_quantized.xml"}[backend, precision]
+
+
+def _build_library(backend: str, precision: str, files: ModelFiles, settings: Settings, folder: Path) -> dict:
+    """sentence-transformers' own export of ``files``' weights into ``folder/st``, as its documentation
+    shows it (``SentenceTransformer(path, backend=...)``, then its ``export_*`` functions)."""
+    import shutil
+
+    import sentence_transformers as st
+
+    from .models import _quiet_transformers
+    target = folder / "st"
+    shutil.copytree(files.folder / files.config["torch_dir"], target)
+    files.tokenizer.save_pretrained(str(target))
+    kind = "onnx" if backend == "st-onnx" else "openvino"
+    with _quiet_transformers():
+        model = st.SentenceTransformer(str(target), backend=kind, device="cpu")  # exports the weights
+        model.save(str(target))
+        facts: dict = {}
+        if backend == "st-onnx" and precision == "fp32":
+            st.export_optimized_onnx_model(model, ST_ONNX_OPTIMIZATION, str(target))
+            facts = {"optimization": ST_ONNX_OPTIMIZATION}
+        elif backend == "st-onnx":
+            from .hardware import ort_quantization_target
+            preset = ort_quantization_target()
+            st.export_dynamic_quantized_onnx_model(model, preset, str(target), file_suffix=f"int8_{preset}")
+            facts = {"preset": preset}
+        elif precision == "int8":
+            facts = _openvino_int8(st, model, target, folder)
+    if not (target / _library_file(backend, precision)).is_file():
+        raise RuntimeError(f"sentence-transformers wrote no {_library_file(backend, precision)} (its files: "
+                           + ", ".join(sorted(str(p.relative_to(target)) for p in target.rglob("*.*"))) + ")")
+    kept = target / _library_file(backend, precision)
+    for path in [*target.glob("*.safetensors"), *(target / kind).glob("*")]:  # the one file the runner loads
+        if path.is_file() and path.stem != kept.stem:                        # (an OpenVINO .xml with its .bin)
+            path.unlink()
+    return {"file": f"st/{_library_file(backend, precision)}", **facts}
+
+
+CALIBRATION_TEXTS = 128
+
+
+def calibration_texts() -> list[str]:
+    """The texts static int8 is calibrated on: :data:`CALIBRATION_TEXTS` of the course's *training*
+    texts (one Q&A cluster in three, :func:`helpers.compress.split_pairs`), evenly spread over them
+    so that every topic is represented. (The library's default set, GLUE/SST-2, is on the Hub.)"""
+    from .compress import split_pairs
+    from .quality import load_qa_pairs
+    texts, _ = split_pairs(load_qa_pairs())
+    picks = np.linspace(0, len(texts) - 1, min(CALIBRATION_TEXTS, len(texts))).round().astype(int)
+    return [texts[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def calibration_fingerprint() -> dict:
+    """How many calibration texts and a SHA-256 of them: part of the int8 artifact's cache key."""
+    import hashlib
+    texts = calibration_texts()
+    return {"texts": len(texts), "sha256": hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()}
+
+
+def _openvino_int8(st, model, target: Path, folder: Path) -> dict:
+    """Static int8 needs activation ranges from example inputs (:func:`calibration_texts`), read by
+    ``datasets`` from a local CSV: optimum-intel loads its calibration set by name."""
+    import csv
+
+    from optimum.intel import OVQuantizationConfig
+
+    texts = calibration_texts()
+    calibration = folder / "calibration"
+    calibration.mkdir()
+    with open(calibration / "train.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text"])
+        writer.writerows([t] for t in texts)
+    st.export_static_quantized_openvino_model(model, OVQuantizationConfig(num_samples=len(texts)), str(target),
+                                              dataset_name=str(calibration), dataset_config_name="default",
+                                              dataset_split="train", column_name="text")
+    import shutil
+    shutil.rmtree(calibration)
+    return {"calibration": f"{len(texts)} training texts"}
 
 
 def _torch_dtype(precision: str):
@@ -362,6 +496,8 @@ def load_runner(backend: str, precision: str, files: ModelFiles, settings: Setti
         def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             return session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
         return run
+    if backend in LIBRARY_BACKENDS:
+        return _load_library(backend, precision, settings, folder)
     if backend == "torch-int8":
         import torch
         with warnings.catch_warnings():
@@ -379,6 +515,35 @@ def load_runner(backend: str, precision: str, files: ModelFiles, settings: Setti
 
 
 # --- judging a candidate --------------------------------------------------------------------
+
+def _load_library(backend: str, precision: str, settings: Settings, folder: Path) -> Runner:
+    """The library's model from its artifact, at the settings' thread count, called as the library
+    calls it (its Transformer and Pooling modules), normalised like every other candidate."""
+    import sentence_transformers as st
+    import torch
+    import torch.nn.functional as F
+
+    from .models import _quiet_transformers
+    file = _library_file(backend, precision)
+    if backend == "st-onnx":
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = settings.threads, 1
+        kwargs = {"file_name": file, "provider": "CPUExecutionProvider", "session_options": options}
+    else:  # OpenVINO's CPU plugin computes in bf16 by default where the CPU has it; both candidates ask for f32
+        # (int8: the layers it leaves unquantized), so that they differ from eager only by what their names say
+        kwargs = {"file_name": file, "ov_config": {"INFERENCE_NUM_THREADS": str(settings.threads),
+                                                   "INFERENCE_PRECISION_HINT": "f32"}}
+    with _quiet_transformers():
+        model = st.SentenceTransformer(str(folder / "st"), backend="onnx" if backend == "st-onnx" else "openvino",
+                                       device="cpu", model_kwargs=kwargs)
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)})
+        return F.normalize(out["sentence_embedding"].float(), p=2, dim=1).numpy()
+    return run
+
 
 REFERENCE = "eager (reference)"
 PARITY_TEXTS = (

@@ -10,7 +10,8 @@
   as its own process; here the load generator shares the process and its two cores, which the lab
   says beside its figures.)
 * :func:`padding_batches` and :func:`token_counts`: how many tokens a batch computes under each
-  padding strategy, against how many carry text.
+  padding strategy, against how many carry text; :func:`library_batches`, the batches
+  sentence-transformers' ``encode`` makes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
+
+import numpy as np
 
 PADDING_STRATEGIES = ("max_length", "longest", "length buckets")
 
@@ -178,6 +181,16 @@ def padding_batches(lengths: Sequence[int], batch_size: int, strategy: str) -> l
     order = list(range(len(lengths)))
     if strategy == "length buckets":
         order.sort(key=lambda i: lengths[i])
+    return [order[i:i + int(batch_size)] for i in range(0, len(order), int(batch_size))]
+
+
+def library_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of the texts in each batch as sentence-transformers' ``encode`` cuts them: sorted by
+    character count, longest first (its estimate of length, ``np.argsort`` of minus ``len``), then
+    cut into batches of ``batch_size``. The library's own sequence bucketing, without a tokenizer."""
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+    order = [int(i) for i in np.argsort([-len(text) for text in texts])]
     return [order[i:i + int(batch_size)] for i in range(0, len(order), int(batch_size))]
 
 

@@ -170,6 +170,19 @@ def cpu_int8_dot() -> Capability:
                              "int8 matrix products take several instructions per multiply-add")
 
 
+def ort_quantization_target() -> str:
+    """The name of the ONNX Runtime dynamic-quantization preset (optimum's ``AutoQuantizationConfig``,
+    which sentence-transformers' ``export_dynamic_quantized_onnx_model`` takes) for this CPU:
+    ``arm64`` on ARM; ``avx512_vnni`` (int8 weights, full range) where the CPU has an int8
+    dot-product instruction (:func:`cpu_int8_dot`); else ``avx2``, which stores weights as uint8,
+    not the full-range int8 whose products saturated without VNNI in lab 06 (the ``avx512`` preset
+    keeps int8 weights, so an AVX-512 CPU without VNNI gets ``avx2`` too). Read from the CPU, never
+    assumed; whether a preset keeps quality is still measured (lab 09's quality check)."""
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    return "avx512_vnni" if cpu_int8_dot().ok else "avx2"
+
+
 # --- one thread count for everything a lab runs -----------------------------------------
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")

@@ -333,16 +333,28 @@ def weights_folder(encoder: Encoder) -> Path:
     return Path(snapshot_download(base, local_files_only=True))  # loaded from the hub: it is in the local cache
 
 
-def sentence_transformers_encode(encoder: Encoder, texts: Sequence[str], *, batch_size: int = 32) -> torch.Tensor:
-    """``texts`` embedded by sentence-transformers' own one-liner,
-    ``SentenceTransformer(folder).encode(texts, normalize_embeddings=True)``, running ``encoder``'s
-    weights (its model replaces the one the library loads, so a smoke slice is compared layer for
-    layer): the library's tokenizer settings, pooling and normalisation, to set beside the course's
-    tokenize → forward → :func:`mean_pool` → normalise (:func:`encode`)."""
+def sentence_transformer(encoder: Encoder, *, max_seq_length: int | None = None):
+    """sentence-transformers' own ``SentenceTransformer`` for ``encoder``'s weights, on the CPU, with
+    ``encoder``'s model in place of the one the library loads (so a smoke slice runs layer for layer
+    what the course runs): the library's tokenizer settings, pooling and normalisation, and its
+    ``encode``, which sorts the texts by length before cutting them into batches (lab 10).
+    ``max_seq_length`` replaces the library's limit (the folder's ``sentence_bert_config.json``)."""
     from sentence_transformers import SentenceTransformer
     with _quiet_transformers():
         library = SentenceTransformer(str(weights_folder(encoder)), device="cpu")
     library[0].model = encoder.model
+    if max_seq_length is not None:
+        library.max_seq_length = int(max_seq_length)
+    return library
+
+
+def sentence_transformers_encode(encoder: Encoder, texts: Sequence[str], *, batch_size: int = 32,
+                                 library=None) -> torch.Tensor:
+    """``texts`` embedded by sentence-transformers' own one-liner,
+    ``SentenceTransformer(folder).encode(texts, normalize_embeddings=True)``, running ``encoder``'s
+    weights (:func:`sentence_transformer`, or ``library`` when given), to set beside the course's
+    tokenize → forward → :func:`mean_pool` → normalise (:func:`encode`)."""
+    library = library if library is not None else sentence_transformer(encoder)
     with torch.inference_mode():
         vectors = library.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                  convert_to_tensor=True, show_progress_bar=False)

@@ -47,6 +47,59 @@ def test_the_registry_says_what_runs_on_this_cpu_and_why_not():
         assert not fp16.ok and "GPU" in fp16.reason
 
 
+def test_the_librarys_own_backends_name_the_extra_they_need(monkeypatch):
+    """sentence-transformers' onnx and openvino backends need extras that pin an older transformers
+    than the course's: without them each candidate says which extra, and where to read why."""
+    monkeypatch.setattr(backends, "_importable", lambda module: module == "sentence_transformers")
+    for name, extra, dist in (("st-onnx", "onnx", "optimum-onnx"), ("st-openvino", "openvino", "optimum-intel")):
+        for precision in ("fp32", "int8"):
+            can = backends.availability(name, precision)
+            assert not can.ok and f"sentence-transformers[{extra}]" in can.reason and dist in can.reason, can
+            assert "README" in can.reason
+    monkeypatch.setattr(backends, "_importable", lambda module: True)
+    for name in backends.LIBRARY_BACKENDS:
+        assert "CPU" in backends._library_availability(name, "fp32", "cuda").reason
+        assert not backends.availability(name, "fp16").ok
+    monkeypatch.setattr(backends, "_importable", lambda module: module != "datasets")
+    assert "datasets" in backends._library_availability("st-openvino", "int8", "cpu").reason
+
+
+@pytest.mark.parametrize("machine, flags, preset", [
+    ("x86_64", {"avx2", "avx512f", "avx512_vnni"}, "avx512_vnni"),
+    ("x86_64", {"avx2", "avx512f"}, "avx2"),  # no VNNI: uint8 weights, not the int8 that saturated in lab 06
+    ("x86_64", {"avx2", "avx_vnni"}, "avx512_vnni"),
+    ("x86_64", {"avx2"}, "avx2"),
+    ("aarch64", {"neon"}, "arm64"),
+])
+def test_the_quantization_preset_is_read_from_the_cpu(monkeypatch, machine, flags, preset):
+    from helpers import hardware
+    monkeypatch.setattr(hardware.platform, "machine", lambda: machine)
+    monkeypatch.setattr(hardware, "cpu_features", lambda: {name: name in flags for name in hardware.CPU_FEATURES})
+    assert hardware.ort_quantization_target() == preset
+
+
+@pytest.mark.parametrize("backend", ["st-onnx", "st-openvino"])
+def test_the_librarys_own_backends_build_run_and_pass_their_checks(context, tmp_path, backend):
+    """Runs only where the extra is installed (its own environment, README): the library's fp32 and
+    int8 exports are built and cached, their vectors match eager (fp32) or keep the quality floor
+    (int8), and a second selection loads them from the cache."""
+    can = backends.availability(backend, "fp32")
+    if not can.ok:
+        pytest.skip(f"{backend}: {can.reason}")
+    settings = backends.Settings(candidates=("eager", backend), precision="int8", **SMALL)
+    files = backends.ModelFiles.read(context / "model")
+    first = backends.select(files, settings, artifacts.ArtifactCache(tmp_path / "cache"), progress=False)
+    again = backends.select(files, settings, artifacts.ArtifactCache(tmp_path / "cache"), progress=False)
+    for precision in ("fp32", "int8"):
+        name = backends._name(backend, precision)
+        row = next(r for r in first["candidates"] if r["candidate"] == name)
+        assert not (row["reason"] or "").startswith(("unavailable", "build failed", "failed to run")), row["reason"]
+        assert row["median (ms)"] > 0 and row["cosine mean"] > 0.5, row  # it ran, was timed and judged
+        if precision == "fp32":  # fp32 must be eager's answers; int8's verdict depends on the model and the CPU
+            assert row["parity (1 - cos)"] <= backends.TOLERANCE["fp32"], row
+        assert next(r for r in again["candidates"] if r["candidate"] == name)["from cache"]
+
+
 @pytest.mark.parametrize("env, variable", [
     ({"EMBED_BACKEND": "tensorrtx"}, "EMBED_BACKEND"),
     ({"EMBED_PRECISION": "fp8"}, "EMBED_PRECISION"),

@@ -237,3 +237,25 @@ def test_the_course_pipeline_gives_sentence_transformers_own_vectors(minilm):
     diff = float((helpers.encode(sliced, texts) - helpers.sentence_transformers_encode(sliced, texts)).abs().max())
     assert diff < 1e-5, "the library runs the slice it was given, not the full model from disk"
     assert float((helpers.encode(sliced, texts) - ours).abs().max()) > 1e-2, "a 2-layer slice is another model"
+
+
+def test_the_library_batches_texts_as_helpers_says_and_keeps_its_order(minilm):
+    """Lab 10 counts the tokens sentence-transformers' ``encode`` computes from
+    ``batching.library_batches``: the batches the library really makes (recorded here from its own
+    ``preprocess``), the vectors back in the caller's order, at the length limit it was given."""
+    from helpers import batching
+    texts = [pair.answer if i % 2 else pair.question for i, pair in enumerate(helpers.load_qa_pairs(10))]
+    library = helpers.sentence_transformer(minilm, max_seq_length=24)
+    seen, preprocess = [], library.preprocess
+
+    def record(batch, *args, **kwargs):
+        seen.append(list(batch))
+        return preprocess(batch, *args, **kwargs)
+
+    library.preprocess = record
+    vectors = helpers.sentence_transformers_encode(minilm, texts, batch_size=4, library=library)
+    assert seen == [[texts[i] for i in batch] for batch in batching.library_batches(texts, 4)]
+    assert [len(b) for b in seen] == [4, 4, 2] and len(seen[0][0]) == max(len(t) for t in texts)
+    assert library.max_seq_length == 24
+    short = helpers.encode(minilm, texts, max_length=24)
+    assert float((vectors - short).abs().max()) < 1e-5, "the vectors come back in the caller's order, 24 tokens each"
