@@ -529,6 +529,9 @@ def _load_library(backend: str, precision: str, settings: Settings, folder: Path
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = settings.threads, 1
+        # as helpers.onnx_models.ort_session does: idle workers that busy-wait steal the cores the
+        # next variant timed needs (interleaved timing), and make it look slow
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         kwargs = {"file_name": file, "provider": "CPUExecutionProvider", "session_options": options}
     else:  # OpenVINO's CPU plugin computes in bf16 by default where the CPU has it; both candidates ask for f32
         # (int8: the layers it leaves unquantized), so that they differ from eager only by what their names say
