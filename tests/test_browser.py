@@ -114,7 +114,7 @@ def test_the_explorer_renders_and_its_controls_redraw_the_chart(lab_server, tmp_
             try:
                 page.wait_for_selector(".jp-OutputArea .widget-dropdown select", timeout=180_000)
             except PlaywrightTimeout:
-                shot = Path(os.environ.get("COURSE_ARTIFACTS") or tmp_path) / "explorer-failed.png"
+                shot = _artifacts(tmp_path) / "explorer-failed.png"
                 page.screenshot(path=str(shot), full_page=True)
                 raise AssertionError(f"the explorer's widgets did not render (screenshot: {shot})") from None
             dropdowns = page.locator(".jp-OutputArea .widget-dropdown select")
@@ -127,7 +127,7 @@ def test_the_explorer_renders_and_its_controls_redraw_the_chart(lab_server, tmp_
                 "before => { const imgs = document.querySelectorAll('.jp-OutputArea img');"
                 " return imgs.length === 2 && imgs[1].src !== before; }", arg=before, timeout=120_000)
             assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
-            shot = Path(os.environ.get("COURSE_ARTIFACTS") or tmp_path) / "explorer-in-jupyterlab.png"
+            shot = _artifacts(tmp_path) / "explorer-in-jupyterlab.png"
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
