@@ -416,14 +416,14 @@ def _build_library(backend: str, precision: str, files: ModelFiles, settings: Se
             facts = {"preset": preset}
         elif precision == "int8":
             facts = _openvino_int8(st, model, target, folder)
-    if not (target / _library_file(backend, precision)).is_file():
-        raise RuntimeError(f"sentence-transformers wrote no {_library_file(backend, precision)} (its files: "
-                           + ", ".join(sorted(str(p.relative_to(target)) for p in target.rglob("*.*"))) + ")")
     kept = target / _library_file(backend, precision)
+    if not kept.is_file():
+        raise RuntimeError(f"sentence-transformers wrote no {kept.relative_to(target)} (its files: "
+                           + ", ".join(sorted(str(p.relative_to(target)) for p in target.rglob("*.*"))) + ")")
     for path in [*target.glob("*.safetensors"), *(target / kind).glob("*")]:  # the one file the runner loads
         if path.is_file() and path.stem != kept.stem:                        # (an OpenVINO .xml with its .bin)
             path.unlink()
-    return {"file": f"st/{_library_file(backend, precision)}", **facts}
+    return {"file": str(kept.relative_to(folder)), **facts}
 
 
 CALIBRATION_TEXTS = 128
@@ -451,6 +451,7 @@ def _openvino_int8(st, model, target: Path, folder: Path) -> dict:
     """Static int8 needs activation ranges from example inputs (:func:`calibration_texts`), read by
     ``datasets`` from a local CSV: optimum-intel loads its calibration set by name."""
     import csv
+    import shutil
 
     from optimum.intel import OVQuantizationConfig
 
@@ -464,7 +465,6 @@ def _openvino_int8(st, model, target: Path, folder: Path) -> dict:
     st.export_static_quantized_openvino_model(model, OVQuantizationConfig(num_samples=len(texts)), str(target),
                                               dataset_name=str(calibration), dataset_config_name="default",
                                               dataset_split="train", column_name="text")
-    import shutil
     shutil.rmtree(calibration)
     return {"calibration": f"{len(texts)} training texts"}
 
