@@ -190,7 +190,9 @@ def _run_all(page, timeout_s: float) -> list[dict]:
     shows that a cell runs ([*]) or ran ([1])."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     for _ in range(6):
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        # Started, not awaited: the command's promise settles only when every cell has run, and
+        # page.evaluate has no time limit of its own (a promise that never settles hung CI).
+        page.evaluate("() => { void window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         try:
             page.wait_for_function("() => Array.from(document.querySelectorAll('.jp-InputPrompt'))"
                                    ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))", timeout=15_000)
