@@ -34,6 +34,7 @@ import os
 import re
 import tarfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ from typing import Callable, Iterator
 
 from .submissions import Submission
 
+
+
+NO_WORKER_LIMIT_S = 300  # a cluster with no worker this long, while submissions wait, ends the run
+POLL_S = 0.5  # how often the driver looks for ended tasks and for workers
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ def template_blob(template: Path) -> bytes:
 
 
 def run(client, subs: list[Submission], templates: dict[str, bytes], options: Options,
-        on_result: Callable[[Submission, dict, list[dict], dict[str, bytes]], None]) -> None:
+        on_result: Callable[[Submission, dict, list[dict], dict[str, bytes]], None],
+        no_worker_s: float = NO_WORKER_LIMIT_S) -> None:
     """Grade ``subs`` as Dask tasks; call ``on_result(sub, row, cells, files)`` in the driver as each ends.
 
     At most as many tasks as the cluster has task slots are out at a time, the next sent as one
@@ -126,7 +132,9 @@ def run(client, subs: list[Submission], templates: dict[str, bytes], options: Op
     the others down with it. Each task carries its lab's template (:func:`template_blob`, tens of
     KB) and depends on nothing. A task that failed (every worker that tried it died, or the task
     itself raised) still calls ``on_result``, with a ``failed`` row and its reason. Losing the
-    scheduler is an error for the whole run (what was graded is kept for the next one).
+    scheduler is an error for the whole run (what was graded is kept for the next one), and so is a
+    cluster left with no worker for ``no_worker_s`` seconds (every worker gone and none restarted):
+    the tasks would wait for one for ever.
     """
     from concurrent.futures import CancelledError
 
@@ -144,7 +152,18 @@ def run(client, subs: list[Submission], templates: dict[str, bytes], options: Op
 
     slots = max(1, sum(client.nthreads().values()))
     running = as_completed([send() for _ in range(min(slots, len(waiting)))])
-    for future in running:
+    seen_worker = time.monotonic()
+    while not running.is_empty():
+        if not running.has_ready():  # nothing ended yet: is anyone still there to run the tasks?
+            if client.nthreads():
+                seen_worker = time.monotonic()
+            elif time.monotonic() - seen_worker > no_worker_s:
+                raise RuntimeError(f"the Dask cluster has had no worker for {no_worker_s:.0f} s with {len(futures)} "
+                                   "submission(s) waiting: start workers (dask worker ...) and run the same command "
+                                   "again: what was graded is kept")
+            time.sleep(POLL_S)
+            continue
+        future = next(running)
         sub = futures.pop(future)
         try:
             row, cells, files = future.result()

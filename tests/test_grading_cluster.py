@@ -216,6 +216,40 @@ def test_an_interrupted_run_run_again_grades_only_what_is_left(fixture_course, t
     assert all(r["status"] == "graded" and float(r["auto_score"]) == 2.0 for r in rows), [(r["student"], r["status"], r["reason"]) for r in rows]
 
 
+_RELEASE = threading.Event()
+
+
+def _waits_for_release(sub, blob, options):
+    """A grading task that runs until the test lets it go (module-level: Dask pickles tasks by reference)."""
+    return _RELEASE.wait(60)
+
+
+def test_a_cluster_left_with_no_worker_ends_the_run_and_says_so(monkeypatch):
+    """Every worker gone and none restarted: the driver stops waiting (it would wait for ever) and says why."""
+    from types import SimpleNamespace
+
+    from distributed import Client, LocalCluster
+
+    from helpers import grading_cluster
+
+    _RELEASE.clear()
+    monkeypatch.setattr(grading_cluster, "grade_task", _waits_for_release)
+    results: list = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as local, \
+            Client(local) as client:
+        threading.Timer(1.0, local.scale, args=(0,)).start()  # the only worker leaves while its task runs
+        start = time.monotonic()
+        try:
+            with pytest.raises(RuntimeError, match=r"no worker for 2 s with 1 submission\(s\) waiting"):
+                grading_cluster.run(client, [SimpleNamespace(lab="lab", student="ann")], {},
+                                    grading_cluster.Options(cell_timeout=5, timeout=10, threads=1),
+                                    lambda *args: results.append(args), no_worker_s=2)
+        finally:
+            _RELEASE.set()
+        assert time.monotonic() - start < 30, "the driver waited long after the cluster had no worker"
+    assert results == [], "a submission that never ran has no result to report"
+
+
 def test_the_resume_key_changes_with_what_decides_a_grade_and_nothing_else():
     from helpers.submissions import Submission
     nb = {"cells": [{"cell_type": "code", "source": "x = 1"}]}
