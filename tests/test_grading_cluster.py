@@ -133,7 +133,7 @@ def test_a_worker_killed_mid_submission_loses_no_grade_and_duplicates_none(clust
         except BaseException as exc:  # noqa: BLE001 - reported below
             result["error"] = exc
 
-    driver = threading.Thread(target=drive)
+    driver = threading.Thread(target=drive, daemon=True)  # a driver that never ends must not keep pytest from exiting
     driver.start()
     victim = runner = None
     deadline = time.monotonic() + 120
