@@ -155,7 +155,7 @@ def run(client, subs: list[Submission], templates: dict[str, bytes], options: Op
     seen_worker = time.monotonic()
     while not running.is_empty():
         if not running.has_ready():  # nothing ended yet: is anyone still there to run the tasks?
-            if client.nthreads():
+            if _has_workers(client):
                 seen_worker = time.monotonic()
             elif time.monotonic() - seen_worker > no_worker_s:
                 raise RuntimeError(f"the Dask cluster has had no worker for {no_worker_s:.0f} s with {len(futures)} "
@@ -182,6 +182,15 @@ def run(client, subs: list[Submission], templates: dict[str, bytes], options: Op
         slots = max(1, sum(client.nthreads().values()))  # a cluster may grow or shrink as it runs
         while waiting and len(futures) < slots:
             running.add(send())
+
+
+def _has_workers(client) -> bool:
+    """Whether the scheduler has a worker now; False while it cannot be asked (a lost scheduler
+    cancels the tasks, and the loop in :func:`run` reports that as soon as it sees them)."""
+    try:
+        return bool(client.nthreads())
+    except Exception:  # noqa: BLE001 - OSError (CommClosedError), timeouts: the connection is down
+        return False
 
 
 def _failed(sub: Submission, reason: str) -> dict:

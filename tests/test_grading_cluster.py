@@ -250,6 +250,49 @@ def test_a_cluster_left_with_no_worker_ends_the_run_and_says_so(monkeypatch):
     assert results == [], "a submission that never ran has no result to report"
 
 
+def test_losing_the_scheduler_ends_the_run_at_once_and_says_so(tmp_path, monkeypatch):
+    """The scheduler killed while a submission is out: the run ends with that reason within seconds."""
+    from types import SimpleNamespace
+
+    from distributed import Client
+
+    from helpers import grading_cluster
+
+    # A grading task that runs for a minute, in a module both this process and the worker import.
+    (tmp_path / "slow_grading_task.py").write_text("import time\n\n\ndef grade(sub, blob, options):\n"
+                                                   "    time.sleep(60)\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import slow_grading_task
+    monkeypatch.setattr(grading_cluster, "grade_task", slow_grading_task.grade)
+    scheduler_file = tmp_path / "scheduler.json"
+    dask = str(Path(sys.executable).parent / "dask")
+    env = venv_env(PYTHONPATH=str(tmp_path))
+    with open(tmp_path / "dask.log", "w") as log:
+        procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
+                                   "--port", "0", "--no-dashboard"], stdout=log, stderr=subprocess.STDOUT, env=env)]
+        try:
+            deadline = time.monotonic() + 60
+            while not scheduler_file.is_file():
+                assert time.monotonic() < deadline and procs[0].poll() is None, (tmp_path / "dask.log").read_text()
+                time.sleep(0.2)
+            procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                                           "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(tmp_path)],
+                                          stdout=log, stderr=subprocess.STDOUT, env=env))
+            with Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
+                client.wait_for_workers(1, timeout=90)
+                threading.Timer(2.0, procs[0].kill).start()
+                start = time.monotonic()
+                with pytest.raises(RuntimeError, match="lost the Dask scheduler"):
+                    grading_cluster.run(client, [SimpleNamespace(lab="lab", student="ann")], {},
+                                        grading_cluster.Options(cell_timeout=5, timeout=10, threads=1),
+                                        lambda *args: None, no_worker_s=60)
+                assert time.monotonic() - start < 30, "the driver went on waiting after the scheduler was gone"
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
 def test_the_resume_key_changes_with_what_decides_a_grade_and_nothing_else():
     from helpers.submissions import Submission
     nb = {"cells": [{"cell_type": "code", "source": "x = 1"}]}
