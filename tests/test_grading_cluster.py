@@ -9,6 +9,7 @@ interrupted with Ctrl-C and run again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -46,15 +47,14 @@ def _kills_its_worker(nb: dict) -> dict:
     return bad
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """``dask scheduler`` and two ``dask worker`` processes (each with its nanny, which restarts a
-    worker that dies), one task slot each; yields the scheduler file and the nannies' processes."""
-    folder = tmp_path_factory.mktemp("dask")
+@contextlib.contextmanager
+def dask_cluster(folder: Path, workers: int, env: dict):
+    """``dask scheduler`` and ``workers`` ``dask worker`` processes on localhost (each worker with its
+    nanny, which restarts a worker that dies), one task slot each, logs in ``folder``; yields the
+    scheduler file, the scheduler's process and the nannies' processes; stops them all on exit."""
     scheduler_file = folder / "scheduler.json"
     dask = str(Path(sys.executable).parent / "dask")
-    env = venv_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=str(ALLOWED_FAILURES))
-    logs = [open(folder / f"{name}.log", "w") for name in ("scheduler", "worker1", "worker2")]
+    logs = [open(folder / f"{name}.log", "w") for name in ["scheduler"] + [f"worker{i}" for i in range(1, workers + 1)]]
     procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
                                "--port", "0", "--no-dashboard"], stdout=logs[0], stderr=subprocess.STDOUT, env=env)]
     try:
@@ -62,15 +62,15 @@ def cluster(tmp_path_factory):
         while not scheduler_file.is_file():
             assert time.monotonic() < deadline and procs[0].poll() is None, (folder / "scheduler.log").read_text()
             time.sleep(0.2)
-        for i in (1, 2):
+        for i in range(1, workers + 1):
             procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
                                            "--name", f"w{i}", "--no-dashboard", "--host", "127.0.0.1",
                                            "--local-directory", str(folder / f"w{i}")],
                                           stdout=logs[i], stderr=subprocess.STDOUT, env=env))
         from distributed import Client
         with Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
-            client.wait_for_workers(2, timeout=90)
-        yield scheduler_file, procs[1:]
+            client.wait_for_workers(workers, timeout=90)
+        yield scheduler_file, procs[0], procs[1:]
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -81,6 +81,14 @@ def cluster(tmp_path_factory):
                 proc.kill()
         for log in logs:
             log.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two workers; yields the scheduler file and the nannies' processes."""
+    env = venv_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=str(ALLOWED_FAILURES))
+    with dask_cluster(tmp_path_factory.mktemp("dask"), 2, env) as (scheduler_file, _, nannies):
+        yield scheduler_file, nannies
 
 
 def _grading_runners(nannies) -> list[tuple[psutil.Process, psutil.Process]]:
@@ -264,33 +272,15 @@ def test_losing_the_scheduler_ends_the_run_at_once_and_says_so(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     import slow_grading_task
     monkeypatch.setattr(grading_cluster, "grade_task", slow_grading_task.grade)
-    scheduler_file = tmp_path / "scheduler.json"
-    dask = str(Path(sys.executable).parent / "dask")
-    env = venv_env(PYTHONPATH=str(tmp_path))
-    with open(tmp_path / "dask.log", "w") as log:
-        procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
-                                   "--port", "0", "--no-dashboard"], stdout=log, stderr=subprocess.STDOUT, env=env)]
-        try:
-            deadline = time.monotonic() + 60
-            while not scheduler_file.is_file():
-                assert time.monotonic() < deadline and procs[0].poll() is None, (tmp_path / "dask.log").read_text()
-                time.sleep(0.2)
-            procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
-                                           "--no-dashboard", "--host", "127.0.0.1", "--local-directory", str(tmp_path)],
-                                          stdout=log, stderr=subprocess.STDOUT, env=env))
-            with Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
-                client.wait_for_workers(1, timeout=90)
-                threading.Timer(2.0, procs[0].kill).start()
-                start = time.monotonic()
-                with pytest.raises(RuntimeError, match="lost the Dask scheduler"):
-                    grading_cluster.run(client, [SimpleNamespace(lab="lab", student="ann")], {},
-                                        grading_cluster.Options(cell_timeout=5, timeout=10, threads=1),
-                                        lambda *args: None, no_worker_s=60)
-                assert time.monotonic() - start < 30, "the driver went on waiting after the scheduler was gone"
-        finally:
-            for proc in procs:
-                proc.kill()
-                proc.wait(timeout=30)
+    with dask_cluster(tmp_path, 1, venv_env(PYTHONPATH=str(tmp_path))) as (scheduler_file, scheduler, _), \
+            Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
+        threading.Timer(2.0, scheduler.kill).start()
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="lost the Dask scheduler"):
+            grading_cluster.run(client, [SimpleNamespace(lab="lab", student="ann")], {},
+                                grading_cluster.Options(cell_timeout=5, timeout=10, threads=1),
+                                lambda *args: None, no_worker_s=60)
+        assert time.monotonic() - start < 30, "the driver went on waiting after the scheduler was gone"
 
 
 def test_the_resume_key_changes_with_what_decides_a_grade_and_nothing_else():
