@@ -83,6 +83,11 @@ def _runner_result(ran: subprocess.CompletedProcess) -> dict:
 FIGURES_MARK = "Figures (not marks):"
 
 
+def _kernel_died(log: str) -> bool:
+    """Whether nbgrader's log says the kernel running the notebook died."""
+    return "DeadKernelError" in log or "kernel died" in log.lower()
+
+
 def _figures(nb: dict) -> str:
     """What test cells printed after ``Figures (not marks):``: measurements taken in the grader's run
     (lab 10's p95 under load), reported beside the score and never part of it."""
@@ -202,22 +207,31 @@ def grade_one(sub: Submission, template: Path | None, work: Path, *, cell_timeou
     files: dict[str, bytes] = {}
     env["COURSE_GRADER_PID"] = str(os.getpid())  # helpers.grade_runner ends itself if this process dies
     try:
-        try:  # autograde and feedback in one process (helpers.grade_runner), under one time limit
-            ran = subprocess.run([sys.executable, "-m", "helpers.grade_runner", sub.lab, sid,
-                                  "--cell-timeout", str(int(cell_timeout))], cwd=scratch, env=env, text=True,
-                                 capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"grading took longer than {timeout} s and was stopped (a very slow or stuck "
-                               f"notebook; each cell may run {cell_timeout} s)") from None
-        result = _runner_result(ran)
         autograded = scratch / "autograded" / sid / sub.lab / f"{sub.lab}.ipynb"
-        step = result.get("autograde") or {}
-        log = ran.stdout + ran.stderr + step.get("log", "") + step.get("error", "")
-        if not step.get("success") or not autograded.is_file() or "failed to autograde" in log.lower():
-            if "DeadKernelError" in log or "Kernel died" in log or "kernel died" in log.lower():
+        for attempt in (1, 2):
+            left = timeout - (time.perf_counter() - start)
+            try:  # autograde and feedback in one process (helpers.grade_runner), under one time limit
+                ran = subprocess.run([sys.executable, "-m", "helpers.grade_runner", sub.lab, sid,
+                                      "--cell-timeout", str(int(cell_timeout))], cwd=scratch, env=env, text=True,
+                                     capture_output=True, timeout=max(1.0, left))
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"grading took longer than {timeout} s and was stopped (a very slow or stuck "
+                                   f"notebook; each cell may run {cell_timeout} s)") from None
+            result = _runner_result(ran)
+            step = result.get("autograde") or {}
+            log = ran.stdout + ran.stderr + step.get("log", "") + step.get("error", "")
+            if step.get("success") and autograded.is_file() and "failed to autograde" not in log.lower():
+                break
+            if not _kernel_died(log):
+                raise RuntimeError(f"nbgrader could not autograde it: {_last_error(log)}")
+            # A kernel can also die for reasons outside the notebook (a port another process took
+            # between being chosen and bound, a neighbour's memory spike): grade once more, and
+            # blame the notebook only when its kernel dies again.
+            elapsed = time.perf_counter() - start
+            if attempt == 2 or timeout - elapsed < elapsed:  # no time left for a second try
                 raise RuntimeError("the notebook killed its kernel (the Python process running it exited), "
-                                   "so no cell after that point could be graded")
-            raise RuntimeError(f"nbgrader could not autograde it: {_last_error(log)}")
+                                   "so no cell after that point could be graded"
+                                   + (" (graded twice: it died both times)" if attempt == 2 else ""))
         from nbgrader.api import Gradebook
         with Gradebook(f"sqlite:///{scratch / 'gradebook.db'}") as gb:
             notebook = gb.find_submission(sub.lab, sid).notebooks[0]

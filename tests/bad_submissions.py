@@ -95,7 +95,8 @@ def build(root: Path, course: Path = REPO, lab: str = LAB, other_lab: str = OTHE
         "graded", (0.0, FULL), "interrupted")
     add("kills_kernel", f"kills_kernel/{lab}.ipynb",
         _edit(copy.deepcopy(sol), "ex13-speedups", "# Step 1:", "import os\nos._exit(1)\n# Step 1:"),
-        "failed", 0.0, "kernel")
+        "failed", 0.0, "killed its kernel (the Python process running it exited), so no cell after that point "
+                       "could be graded (graded twice: it died both times)")
     deleted = copy.deepcopy(sol)
     deleted["cells"] = [c for c in deleted["cells"] if c.get("id") != "test-ex11-tokenize"]
     add("deleted_test", f"deleted_test/{lab}.ipynb", deleted, "graded", FULL, "deleted")
