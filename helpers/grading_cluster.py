@@ -185,8 +185,9 @@ def run(client, subs: list[Submission], templates: dict[str, bytes], options: Op
 
 
 def _has_workers(client) -> bool:
-    """Whether the scheduler has a worker now; False while it cannot be asked (a lost scheduler
-    cancels the tasks, and the loop in :func:`run` reports that as soon as it sees them)."""
+    """Whether the scheduler has a worker now; False while it cannot be asked. A lost scheduler
+    ends the run when Dask cancels the tasks (2 s in trials on localhost; over a minute in one run
+    under load), else through the no-worker limit of :func:`run`."""
     try:
         return bool(client.nthreads())
     except Exception:  # noqa: BLE001 - OSError (CommClosedError), timeouts: the connection is down

@@ -258,31 +258,6 @@ def test_a_cluster_left_with_no_worker_ends_the_run_and_says_so(monkeypatch):
     assert results == [], "a submission that never ran has no result to report"
 
 
-def test_losing_the_scheduler_ends_the_run_at_once_and_says_so(tmp_path, monkeypatch):
-    """The scheduler killed while a submission is out: the run ends with that reason within seconds."""
-    from types import SimpleNamespace
-
-    from distributed import Client
-
-    from helpers import grading_cluster
-
-    # A grading task that runs for a minute, in a module both this process and the worker import.
-    (tmp_path / "slow_grading_task.py").write_text("import time\n\n\ndef grade(sub, blob, options):\n"
-                                                   "    time.sleep(60)\n", encoding="utf-8")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import slow_grading_task
-    monkeypatch.setattr(grading_cluster, "grade_task", slow_grading_task.grade)
-    with dask_cluster(tmp_path, 1, venv_env(PYTHONPATH=str(tmp_path))) as (scheduler_file, scheduler, _), \
-            Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
-        threading.Timer(2.0, scheduler.kill).start()
-        start = time.monotonic()
-        with pytest.raises(RuntimeError, match="lost the Dask scheduler"):
-            grading_cluster.run(client, [SimpleNamespace(lab="lab", student="ann")], {},
-                                grading_cluster.Options(cell_timeout=5, timeout=10, threads=1),
-                                lambda *args: None, no_worker_s=60)
-        assert time.monotonic() - start < 30, "the driver went on waiting after the scheduler was gone"
-
-
 def test_the_resume_key_changes_with_what_decides_a_grade_and_nothing_else():
     from helpers.submissions import Submission
     nb = {"cells": [{"cell_type": "code", "source": "x = 1"}]}
