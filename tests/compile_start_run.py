@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -68,12 +67,6 @@ print(json.dumps(stages))
 '''
 
 
-def _box() -> str:
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    kind = "AVX-512 box" if re.search(r"\bavx512f\b", flags) else "AVX2-only box" if re.search(r"\bavx2\b", flags) else "other CPU"
-    return f"{kind}, {os.cpu_count()} cores"
-
-
 def start(kind: str, cache: Path, artifacts: Path, model: str, threads: int) -> dict:
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
     ran = subprocess.run([sys.executable, "-c", CHILD, kind, str(artifacts), model, str(threads)],
@@ -89,7 +82,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    print(f"{_box()}; {args.model}, 1 x 128 tokens, {args.threads} thread(s), {args.reps} repetition(s), "
+    from helpers import machine_label  # the CPU and the features that decide results, as every figure names it
+    print(f"{machine_label()}, {os.cpu_count()} cores; {args.model}, 1 x 128 tokens, {args.threads} thread(s), {args.reps} repetition(s), "
           f"{time.strftime('%Y-%m-%d')}")
     runs: dict[str, list[dict]] = {k: [] for k in KINDS}
     for rep in range(args.reps):

@@ -9,7 +9,6 @@ interrupted with Ctrl-C and run again.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -47,14 +46,15 @@ def _kills_its_worker(nb: dict) -> dict:
     return bad
 
 
-@contextlib.contextmanager
-def dask_cluster(folder: Path, workers: int, env: dict):
-    """``dask scheduler`` and ``workers`` ``dask worker`` processes on localhost (each worker with its
-    nanny, which restarts a worker that dies), one task slot each, logs in ``folder``; yields the
-    scheduler file, the scheduler's process and the nannies' processes; stops them all on exit."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``dask scheduler`` and two ``dask worker`` processes (each with its nanny, which restarts a
+    worker that dies), one task slot each; yields the scheduler file and the nannies' processes."""
+    folder = tmp_path_factory.mktemp("dask")
     scheduler_file = folder / "scheduler.json"
     dask = str(Path(sys.executable).parent / "dask")
-    logs = [open(folder / f"{name}.log", "w") for name in ["scheduler"] + [f"worker{i}" for i in range(1, workers + 1)]]
+    env = venv_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=str(ALLOWED_FAILURES))
+    logs = [open(folder / f"{name}.log", "w") for name in ("scheduler", "worker1", "worker2")]
     procs = [subprocess.Popen([dask, "scheduler", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
                                "--port", "0", "--no-dashboard"], stdout=logs[0], stderr=subprocess.STDOUT, env=env)]
     try:
@@ -62,15 +62,15 @@ def dask_cluster(folder: Path, workers: int, env: dict):
         while not scheduler_file.is_file():
             assert time.monotonic() < deadline and procs[0].poll() is None, (folder / "scheduler.log").read_text()
             time.sleep(0.2)
-        for i in range(1, workers + 1):
+        for i in (1, 2):
             procs.append(subprocess.Popen([dask, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
                                            "--name", f"w{i}", "--no-dashboard", "--host", "127.0.0.1",
                                            "--local-directory", str(folder / f"w{i}")],
                                           stdout=logs[i], stderr=subprocess.STDOUT, env=env))
         from distributed import Client
         with Client(scheduler_file=str(scheduler_file), timeout="60s") as client:
-            client.wait_for_workers(workers, timeout=90)
-        yield scheduler_file, procs[0], procs[1:]
+            client.wait_for_workers(2, timeout=90)
+        yield scheduler_file, procs[1:]
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -81,14 +81,6 @@ def dask_cluster(folder: Path, workers: int, env: dict):
                 proc.kill()
         for log in logs:
             log.close()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Two workers; yields the scheduler file and the nannies' processes."""
-    env = venv_env(DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=str(ALLOWED_FAILURES))
-    with dask_cluster(tmp_path_factory.mktemp("dask"), 2, env) as (scheduler_file, _, nannies):
-        yield scheduler_file, nannies
 
 
 def _grading_runners(nannies) -> list[tuple[psutil.Process, psutil.Process]]:
