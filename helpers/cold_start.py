@@ -50,6 +50,11 @@ def stage_times(stdout: str) -> dict[str, float]:
 # --- the start strategies the lab compares ------------------------------------------------
 
 STRATEGIES = ("from_pretrained", "meta + safetensors", "TorchScript archive")
+# from_pretrained, then torch.compile, by which Inductor cache the new process finds.  In one round of
+# starts they run in this order and share a folder (:func:`start_stages`' ``compile_dir``): the cold
+# start fills a cache and saves its portable artifacts, the warm start finds that cache on disk, the
+# portable start finds an empty disk and loads the artifacts.
+COMPILED_STRATEGIES = ("compiled, cold cache", "compiled, warm cache", "compiled, portable cache")
 REQUEST_TEXT = "How long does a cold replica take to give its first right answer?"
 TORCHSCRIPT_FILE = "encoder.torchscript.pt"
 
@@ -92,18 +97,33 @@ def write_model_files(encoder, folder: str | os.PathLike, *, batch_size: int, se
 
 
 def start_stages(strategy: str, folder: str | os.PathLike, *, threads: int, batch_size: int, seq_len: int,
-                 out: str | os.PathLike) -> dict[str, str]:
+                 out: str | os.PathLike, compile_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """The code of one start, stage by stage, for the lab's stage timer (exercise 8.1).
 
     Every strategy imports torch, reads the tokenizer, gets a runnable model its own way,
     warms up on one 8-token text, then answers a request of ``batch_size`` x ``seq_len`` tokens
     twice; the first request's sentence embedding is saved to ``out`` so the notebook can check
     that the start gave the *right* answer, not only a fast one.
+
+    The :data:`COMPILED_STRATEGIES` are ``from_pretrained`` wrapped in ``torch.compile``, so the
+    warm-up compiles, and a first request of another shape compiles again (unless the cache says
+    which dimensions change).  They need ``compile_dir``, one folder per round of starts: the cold
+    and warm starts point ``TORCHINDUCTOR_CACHE_DIR`` at ``compile_dir/disk`` (empty for the cold
+    one, which then saves ``torch.compiler.save_cache_artifacts()`` to ``compile_dir/artifacts.bin``
+    after its answers, as an image build would), the portable start at the empty
+    ``compile_dir/fresh``, after ``torch.compiler.load_cache_artifacts`` of those bytes.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown start strategy {strategy!r}: use one of {STRATEGIES}")
+    if strategy not in STRATEGIES + COMPILED_STRATEGIES:
+        raise ValueError(f"unknown start strategy {strategy!r}: use one of {STRATEGIES + COMPILED_STRATEGIES}")
+    compiled = strategy in COMPILED_STRATEGIES
+    if compiled and compile_dir is None:
+        raise ValueError(f"{strategy!r} needs compile_dir: the folder its Inductor cache and artifacts live in")
     folder, out = str(folder), str(out)
     stages = {"import torch": f"import torch\ntorch.set_num_threads({int(threads)})"}
+    if compiled:
+        cache = os.path.join(str(compile_dir), "fresh" if strategy == "compiled, portable cache" else "disk")
+        artifacts = os.path.join(str(compile_dir), "artifacts.bin")
+        stages["import torch"] = f"import os\nos.environ['TORCHINDUCTOR_CACHE_DIR'] = {cache!r}\n" + stages["import torch"]
     stages["tokenizer"] = (
         "import json\nfrom tokenizers import Tokenizer\n"
         f"tok = Tokenizer.from_file({folder!r} + '/tokenizer.json')\n"
@@ -124,7 +144,7 @@ def start_stages(strategy: str, folder: str | os.PathLike, *, threads: int, batc
             f"config = AutoConfig.from_pretrained({folder!r})\n"
             "from transformers.models.auto.modeling_auto import MODEL_MAPPING\n"
             "model_class = MODEL_MAPPING[type(config)]  # imports e.g. transformers.models.bert.modeling_bert")
-        if strategy == "from_pretrained":
+        if strategy == "from_pretrained" or compiled:
             stages["build + load weights"] = (
                 "from transformers.utils import logging\nlogging.disable_progress_bar()\n"
                 f"model = AutoModel.from_pretrained({folder!r}).eval()")
@@ -137,6 +157,10 @@ def start_stages(strategy: str, folder: str | os.PathLike, *, threads: int, batc
                 "model.eval()")
         stages["build + load weights"] += (
             "\ndef hidden(ids, mask):\n    return model(input_ids=ids, attention_mask=mask).last_hidden_state")
+    if compiled:
+        if strategy == "compiled, portable cache":
+            stages["load cache artifacts"] = f"torch.compiler.load_cache_artifacts(open({artifacts!r}, 'rb').read())"
+        stages["build + load weights"] += "\nmodel = torch.compile(model)  # lazy: the first call compiles"
     stages["warm-up (1 x 8 tokens)"] = (
         "with torch.inference_mode():\n    hidden(*encode(['warm-up'], 8))")
     request = (f"with torch.inference_mode():\n"
@@ -146,6 +170,10 @@ def start_stages(strategy: str, folder: str | os.PathLike, *, threads: int, batc
                "    vector = torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=1)[0]\n")
     stages["first request"] = request + f"torch.save(vector.clone(), {out!r})"
     stages["second request"] = request
+    if strategy == "compiled, cold cache":
+        stages["save cache artifacts (image build)"] = (
+            "saved = torch.compiler.save_cache_artifacts()\n"
+            f"open({artifacts!r}, 'wb').write(saved[0] if saved else b'')")
     return stages
 
 

@@ -119,3 +119,35 @@ def test_int8_weights_are_a_quarter_of_the_bytes_and_dequantize_within_one_step(
     assert set(back) == set(state)
     step = small["layer.weight.int8_scale"]
     assert torch.all((back["layer.weight"] - state["layer.weight"]).abs() <= step / 2 + 1e-7)
+
+
+def test_compiled_starts_share_a_cache_folder_and_the_cold_one_saves_the_portable_artifacts(tmp_path):
+    """The full profile's compiled starts (the smoke run leaves them out).  The cold start runs here: it compiles,
+    answers right and saves the portable artifacts.  The warm start is its code without the save (run again on the
+    folder it filled), and the portable start points at an empty folder and loads those artifacts first; running
+    them too would cost this suite another fresh process and compile each."""
+    import torch
+
+    import helpers
+    from helpers.compilation import seed_cpu_check
+    from helpers.models import keep_first_layers
+    with pytest.raises(ValueError, match="needs compile_dir"):
+        cold_start.start_stages("compiled, cold cache", tmp_path, threads=1, batch_size=1, seq_len=8, out=tmp_path / "v.pt")
+    compile_dir = tmp_path / "compile"
+
+    def stages(strategy):
+        return cold_start.start_stages(strategy, tmp_path, threads=1, batch_size=1, seq_len=8,
+                                       out=tmp_path / "v.pt", compile_dir=compile_dir)
+
+    cold, warm, portable = (stages(s) for s in cold_start.COMPILED_STRATEGIES)
+    assert {k: v for k, v in cold.items() if not k.startswith("save")} == warm
+    assert str(compile_dir / "disk") in warm["import torch"] and str(compile_dir / "fresh") in portable["import torch"]
+    assert "artifacts.bin" in portable["load cache artifacts"] and list(portable).index("load cache artifacts") < \
+        list(portable).index("warm-up (1 x 8 tokens)")
+    small = keep_first_layers(helpers.load_encoder(helpers.SMOKE_MODEL, verbose=False), 1)
+    cold_start.write_model_files(small, tmp_path, batch_size=1, seq_len=8)
+    seed_cpu_check(compile_dir / "disk")  # Inductor's once-per-machine CPU check, copied in: this test times nothing
+    times = run_stages(cold, timeout=300)
+    assert list(times)[-3:] == ["first request", "second request", "save cache artifacts (image build)"]
+    assert float(torch.dot(torch.load(tmp_path / "v.pt"), cold_start.reference_embedding(small, seq_len=8))) > 0.9999
+    assert (compile_dir / "artifacts.bin").stat().st_size > 0, "the cold start saved no portable artifacts"
