@@ -45,13 +45,18 @@ def read_results(path: str | Path | None = None) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"date": str})
 
 
-def rows_from_table(lab: str, table: pd.DataFrame, profile, encoder, *, date: str | None = None) -> pd.DataFrame:
-    """One results row per variant of a speedup table (:func:`helpers.speedup_table`)."""
+def rows_from_table(lab: str, table: pd.DataFrame, profile, encoder, *, date: str | None = None,
+                    questions: int | None = None) -> pd.DataFrame:
+    """One results row per variant of a speedup table (:func:`helpers.speedup_table`).
+
+    ``questions``: how many question -> answer pairs the quality figures came from, when the lab judged
+    another set than the profile's (lab 12 keeps its training pairs out); by default the profile's."""
     from .quality import load_qa_pairs
 
     env = table.attrs.get("env", {})
     device = env.get("device", "cpu")
-    questions = len(load_qa_pairs(getattr(profile, "eval_pairs", None)))
+    if questions is None:
+        questions = len(load_qa_pairs(getattr(profile, "eval_pairs", None)))
     rows = []
     for variant, row in table.iterrows():
         rec = {"lab": lab, "variant": str(variant), "machine": env.get("device_name", "?"),
@@ -68,17 +73,18 @@ def rows_from_table(lab: str, table: pd.DataFrame, profile, encoder, *, date: st
 
 
 def record_results(lab: str, table: pd.DataFrame, profile, encoder, *, folder: str | Path | None = None,
-                   render: bool = True) -> Path | None:
+                   render: bool = True, questions: int | None = None) -> Path | None:
     """Add (or replace) this run's rows in the results file; only in a profile that saves figures.
 
     A row is replaced when the same lab, variant, machine, CPU features and device come again,
     so the file keeps the newest measurement per machine. ``render`` rewrites the page too.
+    ``questions``: the number of Q&A pairs the quality came from, if not the profile's.
     Returns the file's path, or ``None`` when the profile records nothing (``smoke``).
     """
     if not profile.save_figures:
         return None
     path = results_path(folder)
-    new = rows_from_table(lab, table, profile, encoder)
+    new = rows_from_table(lab, table, profile, encoder, questions=questions)
     old = read_results(path)
     if len(old):
         keys = set(map(tuple, new[KEY].astype(str).to_numpy()))

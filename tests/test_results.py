@@ -35,6 +35,9 @@ def test_smoke_records_nothing_and_full_records_one_row_per_variant(tmp_path):
     assert int8["recall_vs_reference"] == "-2.0 pts [-3.1, -0.9], p=0.001", "the paired verdict is kept"
     assert int8["questions"] == len(helpers.load_qa_pairs()), "how many pairs the quality came from"
     assert (tmp_path / results.PAGE_FILE).read_text(encoding="utf-8") == results.render_page(rows)
+    held_out = helpers.record_results("12_lab", table, full, _Encoder(), folder=tmp_path, questions=440)
+    assert set(results.read_results(held_out).query("lab == '12_lab'")["questions"]) == {440}, \
+        "a lab that judged its own set of pairs says how many"
 
 
 def test_a_new_run_replaces_its_own_rows_and_keeps_other_machines(tmp_path):
