@@ -1,6 +1,6 @@
 """Lab 10: lab 07's server run in this process, with or without a batcher, and padding arithmetic.
 
-* :class:`BatchService` drives a batcher (the lab's exercise 10.1: ``submit(item, tokens, now)``
+* :class:`BatchService` drives a batcher (the lab's exercise 10.2: ``submit(item, tokens, now)``
   returns a future, ``step(now)`` runs one batch if one is due and returns how many requests it
   served) from one worker thread, the way a serving framework's model loop does.  It keeps the
   size of every batch it ran, so a test can see that batching really happened.

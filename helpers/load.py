@@ -16,7 +16,7 @@ Both are bounded by a number of requests **and** a duration, and both return the
 Open-loop latency is measured from the **scheduled** time: a generator that measures from the
 moment it got round to sending hides exactly the queueing it is meant to show ("coordinated
 omission", Gil Tene).  Summarising the log (percentiles, throughput, Little's law) is lab 10's
-exercise 10.2, so it is not here.
+exercise 10.1, so it is not here.
 
 :class:`LoadGenerator` runs either kind in a process of its own, so the generator's threads do not
 compete for the interpreter lock of the server they measure (lab 10 serves from the notebook's
