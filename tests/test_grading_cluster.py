@@ -194,8 +194,10 @@ def test_an_interrupted_run_run_again_grades_only_what_is_left(fixture_course, t
         _write(root, student, good)
     command = [sys.executable, "-m", "helpers.batch_grading", str(root), "--course", str(fixture_course),
                "--out", str(out), "--jobs", "1", "--cell-timeout", "20"]
+    # Ctrl-C's default in the grader even where this test was started with SIGINT ignored (a shell's background
+    # job): Python leaves an inherited SIG_IGN alone, and the grader would then never see the interruption.
     first = subprocess.Popen(command, cwd=REPO, env=venv_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not list((out / ".graded").glob("*.json")):
         assert first.poll() is None and time.monotonic() < deadline, "no grade was recorded before the interruption"
