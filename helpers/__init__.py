@@ -21,7 +21,8 @@ Modules, one job each:
 * :mod:`helpers.capture`      - tracer warnings summarised, short errors, a saved program loaded in a new process
 * :mod:`helpers.compress`     - smaller models: a train/judge split, head and neuron surgery, layer dropping, distillation
 * :mod:`helpers.load`         - a load generator for a local server: closed-loop clients, open-loop Poisson arrivals
-* :mod:`helpers.batching`     - lab 07's server in this process, with a batcher or without; padding arithmetic
+* :mod:`helpers.batching`     - lab 07's server in this process, with a batcher or without; the batch sweep; padding arithmetic
+* :mod:`helpers.placement`    - threads × worker processes and pinning in fresh processes, ONNX Runtime's spinning
 * :mod:`helpers.backends`     - the backend registry, selection by measurement, what a server calls at start
 * :mod:`helpers.artifacts`    - the cache of optimized artifacts, keyed on everything that invalidates one
 * :mod:`helpers.backend_cli`  - ``python -m helpers.backend_cli optimize | benchmark``

@@ -9,6 +9,8 @@
   from a thread, so the lab can start, load and stop servers in seconds.  (Lab 07 runs the same app
   as its own process; here the load generator shares the process and its two cores, which the lab
   says beside its figures.)
+* :func:`batch_sweep` times one forward pass per batch size on a device (texts/s, tokens/s) and
+  :func:`knee` reads where throughput stops growing, the same way on a CPU and a GPU.
 * :func:`padding_batches` and :func:`token_counts`: how many tokens a batch computes under each
   padding strategy, against how many carry text; :func:`library_batches`, the batches
   sentence-transformers' ``encode`` makes.
@@ -168,6 +170,46 @@ class ThreadServer:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def batch_sweep(model, tokenizer, sizes: Sequence[int], *, seq_len: int, runs: int, threads: int,
+                device: str = "cpu") -> "pandas.DataFrame":  # noqa: F821
+    """One forward pass per batch size in ``sizes`` (every text ``seq_len`` tokens) on ``device``,
+    timed interleaved (one warm-up each, GPU synchronised): median and p25-p75 latency of a batch,
+    ms per text, texts/s and tokens/s, one row per batch size.  ``model`` must already be on
+    ``device``."""
+    import pandas as pd
+    import torch
+
+    from .models import inputs_of_shape
+    from .timing import compare
+    sizes = [int(b) for b in sizes]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"batch sizes must be at least 1, got {sizes}")
+    inputs = {b: {k: v.to(device) for k, v in inputs_of_shape(tokenizer, b, seq_len).items()} for b in sizes}
+
+    def forward(x):
+        with torch.inference_mode():
+            return model(**x)
+
+    times = compare({f"batch {b}": (lambda x=x: forward(x)) for b, x in inputs.items()},
+                    runs=runs, warmup=1, threads=threads, device=device)
+    table = pd.DataFrame({
+        "batch": sizes,
+        "batch latency, median (ms)": [times[f"batch {b}"].median_ms for b in sizes],
+        "p25-p75 (ms)": [f"{times[f'batch {b}'].p25_ms:.1f}-{times[f'batch {b}'].p75_ms:.1f}" for b in sizes],
+    }).set_index("batch")
+    table["ms per text"] = table["batch latency, median (ms)"] / table.index
+    table["texts/s"] = 1000 / table["ms per text"]
+    table["tokens/s"] = table["texts/s"] * seq_len
+    return table
+
+
+def knee(table: "pandas.DataFrame", share: float = 0.9) -> int:  # noqa: F821
+    """The smallest batch size of a :func:`batch_sweep` table whose throughput reaches ``share``
+    of the best measured: past it, a bigger batch mostly adds latency."""
+    best = table["texts/s"].max()
+    return int(min(b for b in table.index if table.loc[b, "texts/s"] >= share * best))
 
 
 def padding_batches(lengths: Sequence[int], batch_size: int, strategy: str) -> list[list[int]]:

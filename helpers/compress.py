@@ -261,6 +261,27 @@ def replace_linears(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module
     return model
 
 
+def singular_energy(weight: torch.Tensor) -> torch.Tensor:
+    """The share of a matrix's energy (squared Frobenius norm) that its best rank-r approximation
+    keeps, for r = 1, 2, ...: entry ``r - 1`` is ``sum(s[:r]**2) / sum(s**2)`` of its singular values.
+
+    By Eckart-Young, ``1 - energy`` is the squared relative error of that approximation, so an
+    **energy threshold** ("keep 90 %") picks each layer's rank from its own spectrum instead of
+    one fraction for all layers.
+    """
+    values = torch.linalg.svdvals(weight.detach().float())
+    energy = (values ** 2).cumsum(0)
+    return energy / energy[-1]
+
+
+def energy_rank(weight: torch.Tensor, energy: float) -> int:
+    """The smallest rank whose best approximation of ``weight`` keeps ``energy`` (0 < energy <= 1) of it."""
+    if not 0 < energy <= 1:
+        raise ValueError(f"energy must be in (0, 1], got {energy!r}")
+    kept = singular_energy(weight)
+    return min(int(torch.searchsorted(kept, torch.tensor(float(energy)) - 1e-6).item()) + 1, len(kept))
+
+
 def keep_layers(model: nn.Module, indices: Sequence[int]) -> nn.Module:
     """A copy of ``model`` with only the transformer layers ``indices`` (in that order), config updated."""
     stack = _layers(model)

@@ -171,3 +171,22 @@ def test_quality_figures_of_another_width_have_no_cosine():
     reference, other = torch.nn.functional.normalize(torch.randn(8, 6), dim=1), torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
     figures = helpers.quality_figures(other, reference, 4)
     assert figures["cosine mean"] != figures["cosine mean"] and 0 <= figures["recall@1"] <= 1
+
+
+def test_an_energy_threshold_picks_the_rank_whose_error_it_allows():
+    torch.manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(12, 12))
+    v, _ = torch.linalg.qr(torch.randn(8, 8))
+    s = torch.tensor([4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+    weight = u[:, :8] @ torch.diag(s) @ v.T  # singular values known: energy 16, 4, 1, 1, ... of 22.625
+    kept = compress.singular_energy(weight)
+    assert kept.shape == (8,) and kept[-1] == pytest.approx(1.0)
+    assert kept[0] == pytest.approx(16 / 22.625, abs=1e-5) and kept[1] == pytest.approx(20 / 22.625, abs=1e-5)
+    assert compress.energy_rank(weight, 0.70) == 1 and compress.energy_rank(weight, 0.80) == 2
+    assert compress.energy_rank(weight, 20 / 22.625) == 2 and compress.energy_rank(weight, 1.0) == 8
+    # 1 - energy is the squared relative error of the best rank-r approximation (Eckart-Young)
+    uu, ss, vh = torch.linalg.svd(weight)
+    r2 = uu[:, :2] @ torch.diag(ss[:2]) @ vh[:2]
+    assert (torch.linalg.norm(weight - r2) / torch.linalg.norm(weight)) ** 2 == pytest.approx(1 - kept[1].item(), abs=1e-5)
+    with pytest.raises(ValueError, match="energy"):
+        compress.energy_rank(weight, 0)
