@@ -41,6 +41,7 @@ _EXPORTS = {
     **dict.fromkeys(['WeightsError', 'mpnet_dir'], 'weights'),
     **dict.fromkeys(['plot_speedups', 'save_figure', 'speedup', 'speedup_table', 'styled', 'verdict'], 'report'),
     **dict.fromkeys(['record_results'], 'results'),
+    **dict.fromkeys(['scratch_dir'], 'onnx_models'),
     **dict.fromkeys(['explore'], 'explorer'),
     **dict.fromkeys(['Comparison', 'Timing', 'benchmark', 'compare'], 'timing'),
 }

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -190,6 +191,23 @@ def test_every_lab_sets_one_thread_count_in_its_setup_cell(lab):
     setup = next(i for i, text in enumerate(cells) if "helpers.get_profile(" in text)
     assert "helpers.use_threads(P.threads)" in cells[setup], f"{lab}: call helpers.use_threads(P.threads) in the setup cell"
     assert not any("torch.set_num_threads(" in text for text in cells), f"{lab}: set threads with helpers.use_threads only"
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_every_lab_writes_model_files_to_folders_removed_at_exit(lab):
+    """A lab's saved models are tens to hundreds of MB: a class graded on one machine, or a student
+    running a lab twenty times, must not fill the disk with folders nobody removes."""
+    cells = [source(c) for c in solution_notebook(lab)["cells"] if c["cell_type"] == "code"]
+    leaks = [text.splitlines()[0] for text in cells if "mkdtemp(" in text or "TemporaryDirectory(delete=False" in text]
+    assert not leaks, f"{lab}: use helpers.scratch_dir(prefix), removed when the kernel exits, not {leaks}"
+
+
+def test_scratch_folders_are_removed_when_the_process_exits():
+    run = subprocess.run([sys.executable, "-c", "import helpers; d = helpers.scratch_dir('course-test-'); "
+                          "(d / 'f').write_text('x'); print(d)"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    folder = run.stdout.strip().splitlines()[-1]
+    assert "course-test-" in folder and not Path(folder).exists()
 
 
 def test_reference_weights_never_pull_in_the_parts_unrelated_dependency():
