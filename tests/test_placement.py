@@ -52,9 +52,16 @@ def test_a_bad_model_folder_or_placement_is_refused_before_any_process_starts(tm
         placement.worker_throughput(tmp_path, Placement(3, 1), requests=2, seq_len=8)
 
 
-def test_a_worker_that_fails_is_reported_with_its_error(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
-    with pytest.raises(RuntimeError, match="did not start"):
+def test_a_worker_that_fails_is_reported_with_its_error(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    # a worker that dies before it is ready (the real one would, e.g., on a folder it cannot load)
+    monkeypatch.setattr(placement, "WORKER_PROGRAM", "import sys; sys.exit('cannot load the model')")
+    with pytest.raises(RuntimeError, match="did not start: cannot load the model"):
+        placement.worker_throughput(tmp_path, Placement(1, 1), requests=1, seq_len=8)
+    # a worker that is ready, then fails while answering
+    monkeypatch.setattr(placement, "WORKER_PROGRAM", "import sys; print('@ready', flush=True); sys.stdin.readline(); "
+                                                     "sys.exit('out of memory')")
+    with pytest.raises(RuntimeError, match="failed: out of memory"):
         placement.worker_throughput(tmp_path, Placement(1, 1), requests=1, seq_len=8)
 
 
