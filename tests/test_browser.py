@@ -199,8 +199,19 @@ def _run_all(page, timeout_s: float) -> list[dict]:
             break
         except PlaywrightTimeout:
             continue
-    page.wait_for_function(RUN_ALL_DONE, timeout=timeout_s * 1000, polling=500)
-    return page.evaluate(CELLS)
+    # JupyterLab may send the cells one after another: between two of them the kernel is idle and
+    # no prompt shows [*] for a moment. Done is that state holding, with the same cells, 2 s apart.
+    deadline = time.monotonic() + timeout_s
+    previous = None
+    while True:
+        page.wait_for_function(RUN_ALL_DONE, timeout=max(1.0, deadline - time.monotonic()) * 1000, polling=500)
+        cells = page.evaluate(CELLS)
+        if cells == previous:
+            return cells
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Run All did not settle within {timeout_s:.0f} s")
+        previous = cells
+        page.wait_for_timeout(2000)
 
 
 def test_a_student_runs_validates_and_self_checks_a_lab_and_the_instructor_opens_the_formgrader(course_copy, tmp_path):
